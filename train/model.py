@@ -177,11 +177,14 @@ def load_backbone_weights(model: PMTIQA, source: str | Path) -> str:
     mapped = {k: state.get(_torchvision_key(k)) for k in ours}
     missing = [k for k, v in mapped.items() if v is None]
     wrong = [k for k, v in mapped.items() if v is not None and v.shape != ours[k].shape]
-    if missing or wrong:
+    # A deeper ResNet's dict holds every key of a shallower one: extra blocks betray it.
+    known = {_torchvision_key(k) for k in ours}
+    extra = sorted(k for k in state if k not in known and not k.startswith("fc."))
+    if missing or wrong or extra:
         raise CheckpointError(
-            f"{described} is not a torchvision {name} state dict: "
-            f"{len(missing)} missing and {len(wrong)} mis-shaped backbone tensors "
-            f"(first: {(missing + wrong)[0]})"
+            f"{described} is not a torchvision {name} state dict: {len(missing)} missing, "
+            f"{len(wrong)} mis-shaped and {len(extra)} unexpected backbone tensors "
+            f"(first: {(missing + wrong + extra)[0]})"
         )
     model.load_state_dict(mapped, strict=False)
     return described

@@ -1,0 +1,65 @@
+"""The one small base class every backend implements.
+
+A backend holds one model (one artifact of an exported model directory) and runs batches
+of preprocessed crops: NumPy in, named NumPy arrays out. `infer` checks the input against
+the spec once and calls the subclass's `_infer`. Backends are context managers that free
+what they hold (sessions, device buffers, streams) on exit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pmtiqa_deploy.errors import InputError
+from pmtiqa_deploy.spec import ModelSpec
+
+
+class Backend:
+    """Subclasses set `name` and `precision`, load in `__init__`, run in `_infer`."""
+
+    name = "base"
+    precision = "fp32"
+
+    def __init__(self, model_dir: str | os.PathLike, spec: ModelSpec | None = None):
+        self.model_dir = Path(model_dir)
+        self.spec = spec if spec is not None else ModelSpec.load(self.model_dir)
+
+    def check_input(self, images: np.ndarray) -> None:
+        spec = self.spec
+        if not isinstance(images, np.ndarray):
+            raise InputError(f"{self.name}: input must be a NumPy array, got {type(images).__name__}")
+        expected = spec.input_shape(images.shape[0] if images.ndim else 0)
+        if images.ndim != len(expected) or images.shape[1:] != expected[1:]:
+            raise InputError(
+                f"{self.name}: input shape {images.shape} does not match the spec's "
+                f"{('B',) + expected[1:]} ({spec.input.layout}); preprocess with "
+                "pmtiqa_deploy.preprocess.preprocess")
+        if images.dtype != np.dtype(spec.input.dtype):
+            raise InputError(f"{self.name}: input dtype {images.dtype} but the model takes "
+                             f"{spec.input.dtype}")
+        batch = images.shape[0]
+        if not spec.input.batch_min <= batch <= spec.input.batch_max:
+            raise InputError(
+                f"{self.name}: batch {batch} is outside the model's range "
+                f"{spec.input.batch_min}..{spec.input.batch_max}; split the batch or re-export "
+                "with a wider --batch range")
+
+    def infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Run one batch: {'score': [B], 'level_probs': [B, K], ...}."""
+        self.check_input(images)
+        return self._infer(images)
+
+    def _infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free sessions, buffers and streams. Safe to call twice."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
