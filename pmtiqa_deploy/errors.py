@@ -26,6 +26,10 @@ class BackendUnavailable(PmtIqaError):
     """A backend's library or device is missing; the message names the extra to install."""
 
 
+class DeviceError(PmtIqaError):
+    """A CUDA call failed on a machine that has a GPU (out of memory, launch failure...)."""
+
+
 class DatasetError(PmtIqaError):
     """A dataset folder lacks a file its format needs, or a file is not as expected."""
 

@@ -6,6 +6,7 @@ tested against these functions.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -18,6 +19,43 @@ from pmtiqa_deploy.spec import InputSpec, PreprocessSpec
 # three channels (gray replicated, alpha dropped, CMYK converted) and ANYDEPTH keeps
 # 16-bit samples so we scale them ourselves instead of OpenCV truncating.
 _DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
+
+
+# After a scan's entropy-coded data, the next marker: 0xFF followed by anything but a
+# stuffed zero, a restart marker (RST0..7) or another fill byte.
+_MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    """Whether a JPEG stream reaches its end-of-image marker.
+
+    Walks the marker segments (so the EOI of an EXIF thumbnail inside APP1 does not
+    count) and skips entropy-coded scans. Bytes after EOI (phone trailers, the video of
+    a motion photo) are allowed. Only running out of data counts as truncation; a stream
+    whose structure is corrupt in some other way is left to the decoder to judge.
+    """
+    pos, end = 2, len(data)
+    while pos + 2 <= end:
+        if data[pos] != 0xFF:
+            return True
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        if pos + 4 > end:
+            return False
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+            found = _MARKER_AFTER_SCAN.search(data, pos)
+            if found is None:
+                return False
+            pos = found.start()
+    return False
 
 
 def decode_image(source: str | os.PathLike | bytes) -> np.ndarray:
@@ -33,10 +71,16 @@ def decode_image(source: str | os.PathLike | bytes) -> np.ndarray:
         data = bytes(source)
     if not data:
         raise DecodeError(f"{name}: file is empty (0 bytes)")
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-4096:]:
+    if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
         # libjpeg returns a grey-filled image for a truncated file and only warns.
         raise DecodeError(f"{name}: JPEG is truncated (no end-of-image marker); re-copy the file")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _DECODE_FLAGS)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _DECODE_FLAGS)
+    except cv2.error as exc:
+        # OpenCV raises (instead of returning None) for headers it refuses, such as
+        # dimensions beyond its pixel limit.
+        raise DecodeError(f"{name}: not a readable image ({exc.err or exc}); the header "
+                          "is corrupt or the image is larger than OpenCV's pixel limit") from None
     if image is None:
         raise DecodeError(f"{name}: not a readable image (unknown format or corrupt data)")
     if image.dtype == np.uint16:
@@ -53,9 +97,10 @@ def resized_size(height: int, width: int, spec: PreprocessSpec) -> tuple[int, in
             f"image is {width}x{height}; quality needs at least {spec.min_side} pixels on the "
             "shorter side"
         )
-    if spec.resize == "fixed":
+    # PreprocessSpec guarantees the sizes each policy needs; these tests only narrow types.
+    if spec.resize == "fixed" and spec.height and spec.width:
         height, width = spec.height, spec.width
-    elif spec.resize == "shorter_side":
+    elif spec.resize == "shorter_side" and spec.shorter_side:
         scale = spec.shorter_side / min(height, width)
         height, width = max(1, round(height * scale)), max(1, round(width * scale))
     if min(height, width) < spec.crop_size:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pmtiqa_deploy.errors import InputError
+from pmtiqa_deploy.errors import InputError, SpecError
 from pmtiqa_deploy.spec import ModelSpec
 
 
@@ -23,9 +23,14 @@ class Backend:
     name = "base"
     precision = "fp32"
 
-    def __init__(self, model_dir: str | os.PathLike, spec: ModelSpec | None = None):
-        self.model_dir = Path(model_dir)
-        self.spec = spec if spec is not None else ModelSpec.load(self.model_dir)
+    def __init__(self, model_dir: str | os.PathLike | None, spec: ModelSpec | None = None):
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        if spec is None:
+            if model_dir is None:
+                raise SpecError(f"{self.name}: give the exported model directory (holding "
+                                "model.json) or a ModelSpec")
+            spec = ModelSpec.load(model_dir)
+        self.spec = spec
 
     def check_input(self, images: np.ndarray) -> None:
         spec = self.spec
@@ -54,6 +59,13 @@ class Backend:
 
     def _infer(self, images: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def model_file(self, format: str, precision: str) -> Path:
+        """The spec's artifact of this format and precision in `model_dir`, hash-checked."""
+        if self.model_dir is None:
+            raise SpecError(f"{self.name}: a model directory is needed to load the {format} "
+                            f"{precision} model file")
+        return self.spec.verify_artifact(self.model_dir, self.spec.artifact(format, precision))
 
     def close(self) -> None:
         """Free sessions, buffers and streams. Safe to call twice."""

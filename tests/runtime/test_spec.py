@@ -128,3 +128,18 @@ def test_verify_artifact(tmp_path):
 
 def test_schema_version_constant():
     assert SCHEMA_VERSION.split(".")[0] == "1"
+
+
+def test_atomic_write_gives_ordinary_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from pmtiqa_deploy.spec import atomic_write_bytes
+
+    target = tmp_path / "model.json"
+    atomic_write_bytes(target, b"{}")
+    old = os.umask(0o022)
+    os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~old
+    assert target.read_bytes() == b"{}"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
