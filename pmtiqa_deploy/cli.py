@@ -1,0 +1,252 @@
+"""The runtime's command lines: `pmtiqa-score` (score image files) and `pmtiqa-bench`
+(benchmark backends). Thin click commands over `pmtiqa_deploy.score`,
+`pmtiqa_deploy.bench` and `pmtiqa_deploy.report`; those (and OpenCV, the backends'
+libraries) are imported inside the commands so `--help` is instant and torch-free.
+
+Exit codes, both commands: 2 when nothing could run (missing model directory, bad spec,
+backend unavailable, bad options); pmtiqa-score: 0 all inputs scored, 1 some failed;
+pmtiqa-bench: 0 every budget met, 1 a budget missed (named on stderr).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import click
+
+from pmtiqa_deploy.backends import BACKENDS
+from pmtiqa_deploy.errors import PmtIqaError
+
+FORMATS = ("csv", "json", "jsonl")
+COLUMNS = ("path", "score", "level", "error")
+_CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+class RowWriter:
+    """Writes score rows as they come (memory flat): CSV with a header, a JSON array, or
+    JSON lines. `error` is empty (CSV) or null (JSON) for a scored row."""
+
+    def __init__(self, handle: IO[str], fmt: str):
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        self.handle, self.fmt, self.count = handle, fmt, 0
+        if fmt == "csv":
+            self._csv = csv.writer(handle, lineterminator="\n")
+            self._csv.writerow(COLUMNS)
+        elif fmt == "json":
+            handle.write("[")
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.fmt == "csv":
+            self._csv.writerow(["" if row[c] is None else row[c] for c in COLUMNS])
+        elif self.fmt == "json":
+            self.handle.write(("\n  " if self.count == 0 else ",\n  ") + json.dumps(row))
+        else:
+            self.handle.write(json.dumps(row) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.handle.write("\n]\n" if self.count else "]\n")
+        self.handle.flush()
+
+
+def _format_for(fmt: str | None, output: Path | None) -> str:
+    """--format, else the output file's suffix (.csv/.json/.jsonl), else csv."""
+    if fmt is not None:
+        return fmt
+    suffix = output.suffix.lower().lstrip(".") if output is not None else ""
+    return suffix if suffix in FORMATS else "csv"
+
+
+@click.command(context_settings=_CONTEXT)
+@click.argument("paths", nargs=-1)
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Exported model directory (model.json beside the model files).")
+@click.option("--list", "list_files", multiple=True, type=click.Path(path_type=Path),
+              help="A file of image paths, one a line (repeatable; same as @FILE).")
+@click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(sorted(BACKENDS)),
+              help="Inference backend; 'null' needs only model.json (for testing pipelines).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]),
+              help="Model precision [onnxruntime: fp32; tensorrt: the spec's fp16 engine, else fp32].")
+@click.option("--batch", "batch_size", type=click.IntRange(min=1),
+              help="Images per batch [the model's optimal batch from model.json].")
+@click.option("--workers", type=click.IntRange(min=1), help="Decode threads [min(4, CPUs)].")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Inference threads (onnxruntime intra-op; torch.set_num_threads).")
+@click.option("--device", help="onnxruntime/torch: cpu or cuda; tensorrt: GPU index.")
+@click.option("--checkpoint", type=click.Path(file_okay=False, path_type=Path),
+              help="torch backend: the checkpoint directory the model was exported from.")
+@click.option("--pad", is_flag=True,
+              help="Run every batch at the full batch size, so an image's score never depends on "
+                   "the size of its batch (TensorRT picks kernels per shape).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS),
+              help="Output format [from the -o suffix, else csv].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write rows to this file [stdout].")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [on when stderr is a terminal].")
+def score_command(paths, model_dir, list_files, backend, precision, batch_size, workers, threads,
+                  device, checkpoint, pad, fmt, output, progress) -> None:
+    """Score image quality: one row per input (path, score in the model's units, quality
+    level, error), in input order.
+
+    PATHS are image files, folders (searched recursively for image extensions) or @FILE
+    list files. A file that cannot be read or decoded gets an error row; the others are
+    still scored. Exit code: 0 all scored, 1 some failed, 2 nothing could run.
+    """
+    from tqdm import tqdm
+
+    from pmtiqa_deploy.inputs import check_list_files, count_paths, iter_paths
+    from pmtiqa_deploy.score import Scorer
+
+    if not paths and not list_files:
+        raise click.UsageError("give image files, folders or @list files (or --list FILE)")
+    if not model_dir.is_dir():
+        _fail(f"model directory {model_dir} does not exist: export one with "
+              "`pmtiqa-export CHECKPOINT -o DIR` and pass --model DIR")
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        check_list_files(paths, list_files)
+        total = count_paths(paths, list_files) if show else None
+        scorer = Scorer.open(model_dir, backend, batch_size=batch_size, workers=workers, pad=pad,
+                             precision=precision, device=device, threads=threads, checkpoint=checkpoint)
+    except (PmtIqaError, ValueError) as exc:
+        needs_checkpoint = backend == "torch" and checkpoint is None and "checkpoint" in str(exc)
+        _fail(f"{exc}{'; pass --checkpoint DIR' if needs_checkpoint else ''}")
+    try:
+        handle = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
+    except OSError as exc:
+        scorer.close()
+        _fail(f"cannot write {output} ({exc.strerror})")
+    writer = RowWriter(handle, _format_for(fmt, output))
+    scored = failed = 0
+    stopped: PmtIqaError | None = None
+    try:
+        with scorer, tqdm(total=total, disable=not show, unit="img", file=sys.stderr,
+                          desc=f"scoring ({backend})") as bar:
+            for row in scorer.score_files(iter_paths(paths, list_files)):
+                writer.write(row.to_dict())
+                if row.error is None:
+                    scored += 1
+                else:
+                    failed += 1
+                bar.update(1)
+    except PmtIqaError as exc:  # the backend failed mid-run: keep the rows written so far
+        stopped = exc
+    finally:
+        writer.close()
+        if output:
+            handle.close()
+    if stopped is not None:
+        _fail(f"{stopped} (stopped after {scored + failed} rows)", 1 if scored else 2)
+    if scored + failed == 0:
+        _fail("no image files found in the given paths (folders are searched for "
+              "image extensions such as .jpg and .png)")
+    click.echo(f"scored {scored} of {scored + failed} image(s)"
+               + (f"; {failed} failed (see the error column)" if failed else ""), err=True)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give batch sizes as integers, as in 1,8,32") from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{text!r}: give positive batch sizes, as in 1,8,32")
+    return list(dict.fromkeys(values))
+
+
+@click.command(context_settings=_CONTEXT)
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Exported model directory (model.json beside the model files).")
+@click.option("--backend", "backends", multiple=True, metavar="NAME[:fp32|fp16]",
+              help="Backend to measure, repeatable [onnxruntime:fp32, onnxruntime:fp16, tensorrt, "
+                   "torch:fp32]. torch is the reference for agreement.")
+@click.option("--batch", "batch_text", default="1,8", show_default=True,
+              help="Batch sizes to sweep, comma-separated.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of images (MOS labels from its manifest.csv when present).")
+@click.option("--builtin", is_flag=True, help="Use the built-in dataset (built first if absent).")
+@click.option("--builtin-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the built-in dataset is (or is built) [its cache folder].")
+@click.option("--limit", default=32, show_default=True, type=click.IntRange(min=2),
+              help="Images to use, spread evenly over the folder.")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0))
+@click.option("--iterations", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Timed model-only batches per backend and batch size.")
+@click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Checkpoint the model was exported from: enables the torch reference.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="onnxruntime/torch device [cpu].")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Inference threads for onnxruntime and torch alike (compare at equal threads).")
+@click.option("--workers", type=click.IntRange(min=1), help="Decode threads end to end [min(4, CPUs)].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the rows (and machine/date) as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG: latency distributions, scores vs PyTorch.")
+@click.option("--max-p99-ms", type=float, help="Budget: fail when a backend's p99 latency exceeds it.")
+@click.option("--min-images-per-s", type=float, help="Budget: fail below this model-only throughput.")
+@click.option("--min-srcc", type=float, help="Budget: fail when SRCC vs PyTorch is below it.")
+@click.option("--min-srcc-mos", type=float, help="Budget: fail when SRCC vs MOS is below it.")
+def bench_command(model_dir, backends, batch_text, images, builtin, builtin_dir, limit, warmup, iterations,
+                  checkpoint, device, threads, workers, json_path, plot_path, max_p99_ms,
+                  min_images_per_s, min_srcc, min_srcc_mos) -> None:
+    """Benchmark backends: latency percentiles, images/s model-only and end to end, memory,
+    and agreement with PyTorch (SRCC, PLCC, max abs difference) and with MOS.
+
+    Prints one table. Exit code: 0 every budget met, 1 a budget missed, 2 nothing could run.
+    """
+    from pmtiqa_deploy import bench, report
+
+    batches = _batches(batch_text)
+    if bool(images) == bool(builtin):
+        raise click.UsageError("give exactly one of --images DIR and --builtin")
+    if builtin_dir and not builtin:
+        raise click.UsageError("--builtin-dir goes with --builtin")
+    try:
+        choices = [bench.BackendChoice.parse(b) for b in backends or bench.DEFAULT_BACKENDS]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--backend") from None
+    unknown = sorted({c.name for c in choices} - set(BACKENDS))
+    if unknown:
+        raise click.BadParameter(f"unknown backend(s) {unknown}; choose from {sorted(BACKENDS)}",
+                                 param_hint="--backend")
+    if not model_dir.is_dir():
+        _fail(f"model directory {model_dir} does not exist: export one with "
+              "`pmtiqa-export CHECKPOINT -o DIR` and pass --model DIR")
+    try:
+        chosen = (bench.builtin_images(builtin_dir, limit) if builtin
+                  else bench.images_from_folder(images, limit))
+        result = bench.run_benchmark(model_dir, chosen, backends=choices, batches=batches,
+                                     warmup=warmup, iterations=iterations, checkpoint=checkpoint,
+                                     device=device, threads=threads, workers=workers,
+                                     log=lambda message: click.echo(message, err=True))
+    except (PmtIqaError, ValueError) as exc:
+        _fail(str(exc))
+    except ImportError as exc:
+        _fail(f"{exc}; the built-in dataset needs the train extra: pip install 'pmtiqa-deploy[train]'")
+    click.echo(report.table(result.rows))
+    if json_path:
+        report.write_json(result, json_path, options=click.get_current_context().params,
+                          command=shlex.join([Path(sys.argv[0]).name] + sys.argv[1:]))
+    if plot_path:
+        report.write_plot(result, plot_path)
+    failures = report.budget_failures(result.rows, max_p99_ms=max_p99_ms, min_images_per_s=min_images_per_s,
+                                      min_srcc=min_srcc, min_srcc_mos=min_srcc_mos)
+    for failure in failures:
+        click.echo(f"budget failed: {failure}", err=True)
+    if failures:
+        raise click.exceptions.Exit(1)
