@@ -1,0 +1,243 @@
+"""The C ABI (native/include/pmtiqa.h) on the CPU backend, held against the Python runtime
+(the reference preprocessing + ONNX Runtime) on the same exported model.onnx: scores
+within 1e-3 MOS and SRCC >= 0.9999 for files of every kind (through
+examples/score_images) and raw buffers of every pixel format (through ctypes); the
+spec is read as strictly as pmtiqa_deploy.spec reads it; errors are statuses with
+messages, per thread. Fixtures (the CMake build, photos, the export) are in conftest.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from native_abi import (BACKEND_CPU, BGR, BGRA, GRAY, INVALID_ARGUMENT, OK, RGB, RGBA, SPEC, Model,
+                        Result, open_status, padded)
+from native_support import python_scores, run_abi_check
+
+TOLERANCE = 1e-3  # MOS points
+
+
+def srcc(a, b) -> float:
+    """Spearman's rank correlation (no ties in continuous scores)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def assert_levels_agree(c_rows, py_rows, level_width: float = 10.0) -> None:
+    """Levels must match except for scores within the tolerance of a level boundary."""
+    for (c_score, c_level), (py_score, py_level) in zip(c_rows, py_rows):
+        near_boundary = abs(py_score / level_width - round(py_score / level_width)) * level_width < TOLERANCE
+        assert c_level == py_level or near_boundary, (c_score, c_level, py_score, py_level)
+
+
+def run_example(native_build: Path, model_dir: Path, files: list[Path], *args: str) -> dict[str, list[str]]:
+    done = subprocess.run([str(native_build / "score_images"), *args, str(model_dir), *map(str, files)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {line.split("\t")[0]: line.split("\t")[1:] for line in done.stdout.splitlines()}
+
+
+def test_example_scores_files_like_the_python_runtime(native_build, model_dir, photos, python_rows):
+    rows = run_example(native_build, model_dir, photos, "--backend", "cpu", "--threads", "2", "--probs")
+    assert sorted(rows) == sorted(map(str, photos))
+    c_rows = [(float(rows[str(p)][0]), int(rows[str(p)][1])) for p in photos]
+    py_rows = [python_rows[str(p)] for p in photos]
+    c_scores, py_scores = np.array([r[0] for r in c_rows]), np.array([r[0] for r in py_rows])
+    worst = float(np.max(np.abs(c_scores - py_scores)))
+    print(f"{len(photos)} files: max |C - Python| = {worst:.2e} MOS, SRCC {srcc(c_scores, py_scores):.6f}, "
+          f"scores {c_scores.min():.1f}..{c_scores.max():.1f}")
+    assert worst <= TOLERANCE
+    assert srcc(c_scores, py_scores) >= 0.9999
+    assert np.ptp(py_scores) > 30, "the fixture model's scores should spread over the range"
+    assert_levels_agree(c_rows, py_rows)
+    for path in photos:
+        probs = np.array([float(v) for v in rows[str(path)][2].split(",")])
+        assert probs.shape == (10,) and abs(probs.sum() - 1.0) < 1e-4
+
+
+def test_exif_rotation_and_decoding_follow_decode_image(native_build, model_dir, photos, python_rows):
+    """The test files really exercise what they claim: the EXIF file decodes rotated, the
+    16-bit, gray and alpha files decode to RGB; the C side agrees on each of them."""
+    from pmtiqa_deploy.preprocess import decode_image
+
+    by_name = {p.name: p for p in photos}
+    plain, rotated = decode_image(by_name["chelsea.jpg"]), decode_image(by_name["chelsea_exif_rotated.jpg"])
+    assert rotated.shape == (plain.shape[1], plain.shape[0], 3)
+    rows = run_example(native_build, model_dir, [by_name["chelsea.jpg"], by_name["chelsea_exif_rotated.jpg"]])
+    scores = [float(v[0]) for v in rows.values()]
+    assert abs(scores[0] - scores[1]) > 1e-3, "a rotated image has other crops, so another score"
+    for name in ("chelsea_exif_rotated.jpg", "coffee_16bit.png", "astronaut_gray.png", "rocket_alpha.png"):
+        c_score = float(run_example(native_build, model_dir, [by_name[name]])[str(by_name[name])][0])
+        assert abs(c_score - python_rows[str(by_name[name])][0]) <= TOLERANCE, name
+
+
+def python_score(model_dir: Path, rgb: np.ndarray) -> float:
+    from pmtiqa_deploy.score import Scorer
+
+    with Scorer.open(model_dir, "onnxruntime", threads=2) as scorer:
+        return float(scorer.score_crops([scorer.prepare(rgb)])[0][0])
+
+
+def test_raw_buffers_in_every_pixel_format(library, model_dir, photos):
+    from pmtiqa_deploy.preprocess import decode_image
+
+    rgb = decode_image(next(p for p in photos if p.name == "coffee_noise.png"))
+    alpha = np.random.default_rng(1).integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+    variants = {
+        "RGB": (rgb, RGB), "BGR": (np.ascontiguousarray(rgb[..., ::-1]), BGR),
+        "RGBA": (np.dstack([rgb, alpha]), RGBA), "BGRA": (np.dstack([rgb[..., ::-1], alpha]), BGRA),
+        "RGB padded": (padded(rgb), RGB), "BGRA padded": (padded(np.dstack([rgb[..., ::-1], alpha]), 32), BGRA),
+    }
+    with Model(library, model_dir, backend=BACKEND_CPU, threads=2) as model:
+        scores = {name: model.score(array, fmt)[0] for name, (array, fmt) in variants.items()}
+        gray = np.ascontiguousarray(rgb[..., 1])
+        gray_scores = [model.score(gray, GRAY)[0], model.score(padded(gray, 7), GRAY)[0]]
+    assert len(set(scores.values())) == 1, f"the same pixels in another layout must score identically: {scores}"
+    assert abs(scores["RGB"] - python_score(model_dir, rgb)) <= TOLERANCE
+    assert gray_scores[0] == gray_scores[1]
+    assert abs(gray_scores[0] - python_score(model_dir, np.repeat(gray[..., None], 3, axis=2))) <= TOLERANCE
+
+
+def test_batches_score_as_single_images(library, model_dir, photos):
+    from pmtiqa_deploy.preprocess import decode_image
+
+    arrays = [decode_image(p) for p in photos[:3]]
+    with Model(library, model_dir, backend=BACKEND_CPU) as model:
+        singles = [model.score(a, RGB) for a in arrays]
+        batch, probs = model.score_batch([(a, RGB) for a in arrays])
+        empty = model.lib.pmtiqa_score_batch(model.handle, None, 0, None, None)
+    assert batch == [(s[0], s[1]) for s in singles]
+    assert np.array_equal(probs, np.stack([s[2] for s in singles]))
+    assert empty == OK
+
+
+def test_model_info_describes_the_spec(library, model_dir):
+    with Model(library, model_dir) as model:
+        info = model.info
+        assert (info.backend, info.num_levels, info.crop_count, info.crop_size) == (BACKEND_CPU, 10, 3, 224)
+        assert (info.score_min, info.score_max, info.higher_is_better) == (0.0, 100.0, 1)
+        assert info.units == b"MOS" and info.model_file.endswith(b"/model.onnx") and info.max_batch == 1
+    assert library.pmtiqa_abi_version() == 1 and library.pmtiqa_version() == b"0.1.0"
+    assert library.pmtiqa_backend_available(BACKEND_CPU) == 1
+
+
+@pytest.mark.slow
+def test_uint8_graph_with_normalisation_inside_runs_on_opencv(native_build, model_dir_uint8, photos):
+    """OpenCV 4.6 imports the graph's Mul-by-1/std on the wrong axis; the backend repairs it."""
+    chosen = photos[::3]
+    py = python_scores(model_dir_uint8, chosen)
+    rows = run_example(native_build, model_dir_uint8, chosen)
+    worst = max(abs(float(rows[str(p)][0]) - py[str(p)][0]) for p in chosen)
+    assert worst <= TOLERANCE
+
+
+def _spec_variant(model_dir: Path, tmp_path: Path, name: str, change) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "model.onnx").symlink_to(model_dir / "model.onnx")
+    data = json.loads((model_dir / "model.json").read_text())
+    text = change(data)
+    (folder / "model.json").write_text(text if isinstance(text, str) else json.dumps(data))
+    return folder
+
+
+def _set(path: str, value):
+    def change(data):
+        *parents, key = path.split(".")
+        node = data
+        for part in parents:
+            node = node[int(part)] if part.isdigit() else node[part]
+        if value is _DELETE:
+            del node[int(key) if key.isdigit() else key]
+        else:
+            node[int(key) if key.isdigit() else key] = value
+    return change
+
+
+_DELETE = object()
+# (case, change, accepted, a word the C message must contain)
+SPEC_CASES = [
+    ("unknown top-level key", _set("gamma", 1.0), False, "gamma"),
+    ("unknown nested key", _set("preprocess.gamma", 2.2), False, "spec.preprocess"),
+    ("newer schema major", _set("schema_version", "2.0"), False, "newer"),
+    ("older schema major", _set("schema_version", "0.9"), False, "older"),
+    ("schema not a version", _set("schema_version", "one"), False, "MAJOR.MINOR"),
+    ("missing score", _set("score", _DELETE), False, "score"),
+    ("missing artifact hash", _set("artifacts.0.sha256", _DELETE), False, "sha256"),
+    ("int as string", _set("preprocess.crop_count", "3"), False, "crop_count"),
+    ("bool as int", _set("score.higher_is_better", 1), False, "higher_is_better"),
+    ("float where int", _set("input.batch_max", 8.0), False, "batch_max"),
+    ("bool where float", _set("score.min", False), False, "score.min"),
+    ("uint8 input with BNCHW", _set("input.dtype", "uint8"), False, "BNHWC"),
+    ("levels disagree with range", _set("score.num_levels", 11), False, "num_levels"),
+    ("fixed resize without size", _set("preprocess.resize", "fixed"), False, "width and height"),
+    ("shorter_side without its mode", _set("preprocess.shorter_side", 256), False, "shorter_side"),
+    ("batch range inverted", _set("input.batch_min", 9), False, "batch range"),
+    ("two means", _set("preprocess.mean", [0.5, 0.5]), False, "mean"),
+    ("unknown artifact format", _set("artifacts.0.format", "tflite"), False, "format"),
+    ("producer value not a string", _set("producer.torch", 2), False, "producer"),
+    ("shape entry a bool", _set("outputs.0.shape", [True]), False, "shape"),
+    ("not JSON", lambda data: "{", False, "not valid JSON"),
+    ("a list, not an object", lambda data: "[]", False, "expected an object"),
+    ("newer schema minor", _set("schema_version", "1.7"), True, ""),
+    ("outputs left to their defaults", _set("outputs", _DELETE), True, ""),
+    ("integer score range", _set("score.max", 100), True, ""),
+    ("optional fields absent", _set("preprocess.width", _DELETE), True, ""),
+]
+
+
+@pytest.mark.parametrize("case,change,accepted,word", SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
+def test_spec_is_read_as_strictly_as_python_reads_it(library, model_dir, tmp_path, case, change, accepted, word):
+    from pmtiqa_deploy.errors import SpecError
+    from pmtiqa_deploy.spec import ModelSpec
+
+    folder = _spec_variant(model_dir, tmp_path, "variant", change)
+    try:
+        ModelSpec.load(folder)
+        python_accepts = True
+    except SpecError:
+        python_accepts = False
+    status, message = open_status(library, folder, backend=BACKEND_CPU)
+    assert python_accepts == accepted, f"Python {'accepts' if python_accepts else 'rejects'} {case}"
+    assert (status == OK) == accepted, f"C: {status} {message}"
+    if not accepted:
+        assert status == SPEC and word in message, message
+
+
+def test_model_file_must_match_its_hash_unless_told_not_to_check(library, model_dir, tmp_path):
+    folder = _spec_variant(model_dir, tmp_path, "tampered", _set("artifacts.0.sha256", "0" * 64))
+    status, message = open_status(library, folder, backend=BACKEND_CPU)
+    assert status == SPEC and "does not match its spec" in message
+    assert open_status(library, folder, backend=BACKEND_CPU, verify_hash=0) == (OK, "")
+
+
+def test_last_error_is_per_thread(library, model_dir):
+    with Model(library, model_dir, backend=BACKEND_CPU) as model:
+        failed = model.lib.pmtiqa_score(model.handle, None, ctypes.byref(Result()), None)
+        seen: dict[str, bytes] = {}
+
+        def other_thread() -> None:
+            seen["before"] = library.pmtiqa_last_error()
+            library.pmtiqa_score(model.handle, None, None, None)
+            seen["after"] = library.pmtiqa_last_error()
+
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+        assert failed == INVALID_ARGUMENT and library.pmtiqa_last_error() == b"image is NULL"
+        assert seen == {"before": b"", "after": b"image is NULL"}
+        model.score(np.full((64, 64), 128, np.uint8), GRAY)
+        assert library.pmtiqa_last_error() == b""
+
+
+def test_bad_input_returns_statuses_never_crashes(native_build, model_dir, tmp_path):
+    """The C driver's checks (native/tests/abi_check.c) in the ordinary build; the slow
+    test in test_native_build.py runs them again under AddressSanitizer."""
+    run_abi_check(native_build / "pmtiqa_abi_check", model_dir, tmp_path)
