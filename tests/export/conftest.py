@@ -63,27 +63,15 @@ def fixture_model(backbone: str, photos: Path, preprocess: PreprocessSpec, seed:
     """A PMT-IQA whose scores on `photos` spread over 10..90 (see the module docstring)."""
     import torch
 
+    from pmtiqa_deploy.train.calibration import calibrate_untrained
     from pmtiqa_deploy.train.model import PMTIQA, ModelConfig
 
     torch.set_num_threads(2)
     torch.manual_seed(seed)
     model = PMTIQA(ModelConfig(backbone=backbone))
     crops = [crops_uint8(decode_image(p), preprocess) for p in sorted(photos.glob("*.png"))]
-    x = torch.from_numpy(np.concatenate([normalize(c, preprocess) for c in crops]))
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the pass
-    model.train()
-    with torch.no_grad():
-        model(x)
-        model.eval()
-        scores = model(x)[0].reshape(len(crops), -1).mean(dim=1)
-        lo, hi = float(scores.min()), float(scores.max())
-        a = 80.0 / (hi - lo)
-        model.regressor.weight.mul_(a)
-        model.regressor.bias.mul_(a).add_(10.0 - a * lo)
-    return model
+    return calibrate_untrained(model, np.concatenate([normalize(c, preprocess) for c in crops]),
+                               preprocess.crop_count)
 
 
 def make_checkpoint(folder: Path, backbone: str, photos: Path, crops: int = CROPS) -> Path:

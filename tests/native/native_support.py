@@ -136,6 +136,7 @@ def make_checkpoint(folder: Path, photos: list[Path]) -> Path:
 
     from pmtiqa_deploy.preprocess import crops_uint8, decode_image, normalize
     from pmtiqa_deploy.spec import PreprocessSpec, ScoreSpec
+    from pmtiqa_deploy.train.calibration import calibrate_untrained
     from pmtiqa_deploy.train.checkpoint import CheckpointInfo, save_checkpoint
     from pmtiqa_deploy.train.model import PMTIQA, ModelConfig
 
@@ -144,20 +145,7 @@ def make_checkpoint(folder: Path, photos: list[Path]) -> Path:
     preprocess = PreprocessSpec(crop_count=CROPS)
     model = PMTIQA(ModelConfig(backbone="resnet18"))
     crops = [crops_uint8(decode_image(p), preprocess) for p in photos]
-    x = torch.from_numpy(np.concatenate([normalize(c, preprocess) for c in crops]))
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(x)
-        model.eval()
-        scores = model(x)[0].reshape(len(crops), -1).mean(dim=1)
-        lo, hi = float(scores.min()), float(scores.max())
-        a = 75.0 / (hi - lo)
-        model.regressor.weight.mul_(a)
-        model.regressor.bias.mul_(a).add_(12.0 - a * lo)
+    calibrate_untrained(model, np.concatenate([normalize(c, preprocess) for c in crops]), CROPS, 12.0, 87.0)
     info = CheckpointInfo(config=model.config, preprocess=preprocess,
                           score=ScoreSpec.from_levels(0.0, 100.0, model.config.num_levels, dataset="fixture"),
                           training={"dataset": "fixture", "note": "BN statistics from the photos, head rescaled"})

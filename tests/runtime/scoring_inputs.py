@@ -111,6 +111,7 @@ def exported_model(tmp_path_factory) -> tuple[Path, Path]:
     pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not installed")
     pipeline = pytest.importorskip("pmtiqa_deploy.export.pipeline", reason="export is not available")
     from pmtiqa_deploy.preprocess import crops_uint8, normalize
+    from pmtiqa_deploy.train.calibration import calibrate_untrained
     from pmtiqa_deploy.train.checkpoint import CheckpointInfo, save_checkpoint
     from pmtiqa_deploy.train.model import PMTIQA, ModelConfig
 
@@ -124,19 +125,8 @@ def exported_model(tmp_path_factory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     torch.set_num_threads(2)
     model = PMTIQA(ModelConfig(backbone="resnet18"))
-    x = torch.from_numpy(np.concatenate([normalize(crops_uint8(i, preprocess), preprocess) for i in images]))
-    for module in model.modules():  # BatchNorm statistics from the photos' crops
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    with torch.no_grad():
-        model.train()
-        model(x)
-        model.eval()
-        scores = model(x)[0].reshape(len(images), -1).mean(dim=1)
-        scale = 80.0 / float(scores.max() - scores.min())  # spread the scores over 10..90
-        model.regressor.weight.mul_(scale)
-        model.regressor.bias.mul_(scale).add_(10.0 - scale * float(scores.min()))
+    calibrate_untrained(model, np.concatenate([normalize(crops_uint8(i, preprocess), preprocess) for i in images]),
+                        preprocess.crop_count)
     info = CheckpointInfo(config=model.config, preprocess=preprocess,
                           score=ScoreSpec.from_levels(0.0, 100.0, 10, dataset="test"))
     checkpoint = save_checkpoint(model, root / "checkpoint", info)
