@@ -1,0 +1,147 @@
+"""Training and test patches, cut from the reference preprocessing.
+
+Every image goes through `pmtiqa_deploy.preprocess` exactly as the exported model's
+runtime will see it: `decode_image`, `resize_image` (the dataset's resize policy) and
+`normalize`. Training differs only in *where* the 224 crops are (random positions and
+random horizontal flips); testing uses the fixed grid of `crops_uint8`, the very crops the
+exported model and the runtime score.
+
+Randomness is a pure function of (seed, epoch): the epoch's plan (which image, where,
+flipped or not, in which order) is drawn from `numpy.random.default_rng([seed, epoch])`,
+so a resumed run, a run with data-loading workers and every data-parallel process see
+the same patches in the same order, whatever happened before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pmtiqa_deploy.preprocess import crops_uint8, decode_image, normalize, resize_image
+from pmtiqa_deploy.spec import PreprocessSpec, ScoreSpec
+
+
+class ImageStore:
+    """The decoded and resized (uint8 RGB) images of a list of files.
+
+    Decoding a PNG or JPEG costs more than a training step's crop, so each image is
+    decoded once and kept in memory while the total stays under `cache_bytes`; images
+    beyond the budget (large datasets) are decoded again whenever they are needed.
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], spec: PreprocessSpec,
+                 cache_bytes: int = 2 << 30):
+        self.paths = list(paths)
+        self.spec = spec
+        self.cache_bytes = int(cache_bytes)
+        self._cache: dict[int, np.ndarray] = {}
+        self._used = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, index: int) -> np.ndarray:
+        """Image `index` after decoding and the spec's resize."""
+        cached = self._cache.get(index)
+        if cached is not None:
+            return cached
+        image = resize_image(decode_image(self.paths[index]), self.spec)
+        if self._used + image.nbytes <= self.cache_bytes:
+            image.setflags(write=False)
+            self._cache[index] = image
+            self._used += image.nbytes
+        return image
+
+    def warm(self, indices: Sequence[int], progress: bool = True) -> None:
+        """Decode (and cache, within the budget) the given images up front, with a bar."""
+        from tqdm import tqdm
+
+        todo = [i for i in indices if i not in self._cache]
+        for i in tqdm(todo, desc="decode images", unit="image", disable=not progress or not todo):
+            self.image(i)
+            if self._used >= self.cache_bytes:
+                break
+
+    def test_crops(self, index: int) -> np.ndarray:
+        """The fixed crop grid of image `index`: [N, size, size, 3] uint8, exactly
+        `crops_uint8(decode_image(path), spec)` (the resize is idempotent on an image
+        that already has the spec's size)."""
+        return crops_uint8(self.image(index), self.spec)
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """One epoch's training patches, in training order: patch k is cut from
+    `image[k]` at fractional position (`fy[k]`, `fx[k]`) and flipped when `flip[k]`."""
+
+    image: np.ndarray
+    fy: np.ndarray
+    fx: np.ndarray
+    flip: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.image.shape[0])
+
+
+def epoch_plan(num_images: int, crops_per_image: int, seed: int, epoch: int) -> CropPlan:
+    """M random crops of each of `num_images` images, shuffled; depends only on
+    (seed, epoch)."""
+    if num_images < 1 or crops_per_image < 1:
+        raise ValueError("an epoch needs at least one image and one crop per image")
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    count = num_images * crops_per_image
+    image = np.repeat(np.arange(num_images), crops_per_image)
+    fy, fx = rng.random(count), rng.random(count)
+    flip = rng.random(count) < 0.5
+    order = rng.permutation(count)
+    return CropPlan(image[order], fy[order], fx[order], flip[order])
+
+
+def random_crop(image: np.ndarray, fy: float, fx: float, flip: bool, size: int) -> np.ndarray:
+    """The size x size window at fractional position (fy, fx) of the free space, mirrored
+    left-right when `flip`. Every position 0..H-size (and 0..W-size) is equally likely."""
+    height, width = image.shape[:2]
+    y = min(int(fy * (height - size + 1)), height - size)
+    x = min(int(fx * (width - size + 1)), width - size)
+    crop = image[y:y + size, x:x + size]
+    return crop[:, ::-1] if flip else crop
+
+
+class PatchSet(torch.utils.data.Dataset):
+    """Map-style dataset over one epoch's plan: patch k -> (normalised [3, H, W] float32,
+    score, quality level). `images[i]` is the store index of the plan's image i."""
+
+    def __init__(self, store: ImageStore, images: Sequence[int], scores: Sequence[float],
+                 score_spec: ScoreSpec, plan: CropPlan):
+        self.store = store
+        self.images = list(images)
+        self.scores = np.asarray(scores, dtype=np.float32)
+        self.levels = np.asarray(score_spec.level(self.scores), dtype=np.int64)
+        self.plan = plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        i = int(self.plan.image[k])
+        crop = random_crop(self.store.image(self.images[i]), float(self.plan.fy[k]),
+                           float(self.plan.fx[k]), bool(self.plan.flip[k]), self.store.spec.crop_size)
+        x = normalize(np.ascontiguousarray(crop)[None], self.store.spec)[0]
+        return torch.from_numpy(x), torch.tensor(self.scores[i]), torch.tensor(self.levels[i])
+
+
+def shard_batches(count: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This process's share of each global batch of `batch_size` consecutive patches.
+
+    The last incomplete batch is dropped (BatchNorm needs company, and every step then
+    has the same size). Process `rank` of `world` takes every world-th patch of each
+    batch, so together the processes cover exactly the single-process batches.
+    """
+    if batch_size < world:
+        raise ValueError(f"batch size {batch_size} is smaller than the {world} training processes")
+    steps = count // batch_size
+    return [list(range(s * batch_size + rank, (s + 1) * batch_size, world)) for s in range(steps)]
