@@ -29,16 +29,24 @@ PRESET_NAMES = ("paper", "demo")
                    "and the test scatter plot.")
 @click.option("--preset", type=click.Choice(PRESET_NAMES),
               help="Defaults for every training option: 'paper' (ResNet-50 from ImageNet, 20 "
-                   "epochs, the authors' protocol) or 'demo' (ResNet-18 from scratch, sized for 15 "
-                   "minutes on 2 CPU cores). Default: demo for builtin, paper otherwise.")
+                   "epochs, the authors' protocol) or 'demo' (ResNet-18 from scratch on 96-pixel "
+                   "crops, sized for 15 minutes on 2 CPU cores). Default: demo for builtin, paper "
+                   "otherwise.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Epochs per round.")
 @click.option("--batch-size", type=click.IntRange(min=2), help="Training patches per step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Initial learning rate (Adam).")
 @click.option("--lr-step", type=click.IntRange(min=1), help="Divide the learning rate by 10 every this many epochs.")
 @click.option("--train-crops", type=click.IntRange(min=1),
-              help="M: random 224 crops (with random flips) per training image per epoch.")
+              help="M: random crops (with random flips) per training image per epoch.")
 @click.option("--test-crops", type=click.IntRange(min=1),
               help="N: fixed grid crops per test image (the exported model's crop count).")
+@click.option("--crop-size", type=click.IntRange(min=32),
+              help="Patch side for training and the test grid (a multiple of 32; the paper's 224). "
+                   "It travels in the checkpoint and the exported spec.")
+@click.option("--bn-recalibration", type=click.IntRange(min=0),
+              help="Re-estimate BatchNorm statistics over this many training patches (fixed grid "
+                   "crops) before each evaluation, so the checkpoint carries statistics of its own "
+                   "weights; 0 keeps training's running averages.")
 @click.option("--schedule", type=click.Choice(("progressive", "fixed")),
               help="Loss weights: progressive l1=t/(T-1), l2=1-l1 (the paper), or fixed 0.5/0.5 (ablation).")
 @click.option("--rounds", type=click.IntRange(min=1),

@@ -44,11 +44,11 @@ RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 
 
-def preprocess_spec(dataset: Dataset, test_crops: int) -> PreprocessSpec:
+def preprocess_spec(dataset: Dataset, test_crops: int, crop_size: int = 224) -> PreprocessSpec:
     """The dataset's resize policy and the test-time crop grid: what the checkpoint and the
     exported model carry."""
     return PreprocessSpec(resize=dataset.resize, width=dataset.width, height=dataset.height,
-                          crop_count=test_crops)
+                          crop_size=crop_size, crop_count=test_crops)
 
 
 def run_experiment(dataset: Dataset, config: TrainConfig, out: str | Path, *, resume: bool = False,
@@ -66,8 +66,8 @@ def run_experiment(dataset: Dataset, config: TrainConfig, out: str | Path, *, re
     if problem:
         raise CheckpointError(problem)
 
-    store = ImageStore([item.path for item in dataset.items], preprocess_spec(dataset, config.test_crops),
-                       cache_bytes=cache_mb << 20)
+    spec = preprocess_spec(dataset, config.test_crops, config.crop_size)
+    store = ImageStore([item.path for item in dataset.items], spec, cache_bytes=cache_mb << 20)
     store.warm(range(len(store)), progress and cluster.main)
     search_best = None
     if search_trials:

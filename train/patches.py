@@ -9,7 +9,8 @@ exported model and the runtime score.
 Randomness is a pure function of (seed, epoch): the epoch's plan (which image, where,
 flipped or not, in which order) is drawn from `numpy.random.default_rng([seed, epoch])`,
 so a resumed run, a run with data-loading workers and every data-parallel process see
-the same patches in the same order, whatever happened before.
+the same patches in the same order, whatever happened before. The sample of grid crops
+that BatchNorm recalibration uses (`grid_sample`) is drawn once per seed.
 """
 
 from __future__ import annotations
@@ -99,6 +100,18 @@ def epoch_plan(num_images: int, crops_per_image: int, seed: int, epoch: int) -> 
     flip = rng.random(count) < 0.5
     order = rng.permutation(count)
     return CropPlan(image[order], fy[order], fx[order], flip[order])
+
+
+def grid_sample(num_images: int, crops_per_image: int, count: int, seed: int) -> list[tuple[int, int]]:
+    """`count` distinct (image, grid crop) pairs of `num_images` images with
+    `crops_per_image` fixed test-grid crops each (all of them, shuffled, when there are
+    fewer), drawn once per seed: the patches BatchNorm recalibration runs over, the same
+    at every epoch so that epochs are compared on equal terms."""
+    total = num_images * crops_per_image
+    if count <= 0 or total == 0:
+        return []
+    order = np.random.default_rng([int(seed), 0, 1]).permutation(total)[:count]
+    return [(int(k) // crops_per_image, int(k) % crops_per_image) for k in order]
 
 
 def random_crop(image: np.ndarray, fy: float, fx: float, flip: bool, size: int) -> np.ndarray:

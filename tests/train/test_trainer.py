@@ -1,6 +1,7 @@
 """Training: the loss and its schedule, deterministic patches, the test crops (exactly the
-reference `crops_uint8`), a tiny end-to-end run writing a loadable checkpoint, bit-exact
-kill-and-resume, and two-process data-parallel training on CPU (gloo)."""
+reference `crops_uint8`), BatchNorm recalibration, small crops travelling in the
+checkpoint, a tiny end-to-end run writing a loadable checkpoint, bit-exact kill-and-resume
+(with and without recalibration), and two-process data-parallel training on CPU (gloo)."""
 
 import json
 import socket
@@ -18,11 +19,26 @@ from pmtiqa_deploy.train.datasets import Dataset, Item  # noqa: E402
 from pmtiqa_deploy.train.experiment import run_experiment  # noqa: E402
 from pmtiqa_deploy.train.model import ModelConfig, build_model  # noqa: E402
 from pmtiqa_deploy.train.objective import learning_rate, loss_weights, pmt_loss  # noqa: E402
-from pmtiqa_deploy.train.patches import ImageStore, epoch_plan, random_crop, shard_batches  # noqa: E402
-from pmtiqa_deploy.train.trainer import Cluster, TrainConfig, predict  # noqa: E402
+from pmtiqa_deploy.train.patches import (  # noqa: E402
+    ImageStore,
+    epoch_plan,
+    grid_sample,
+    random_crop,
+    shard_batches,
+)
+from pmtiqa_deploy.train.trainer import (  # noqa: E402
+    Cluster,
+    TrainConfig,
+    grid_batches,
+    predict,
+    recalibrate_batchnorm,
+)
 
 TINY = TrainConfig(backbone="resnet18", backbone_weights="random", epochs=2, batch_size=4, lr=1e-3,
                    train_crops=1, test_crops=2, seed=3)
+# The demo's two additions at a test's scale: small crops (the MS pooling follows) and
+# BatchNorm recalibration before each evaluation.
+SMALL = TrainConfig(**{**TINY.to_dict(), "crop_size": 64, "bn_recalibration": 16})
 
 
 def make_dataset(root, references=5, levels=4, size=(240, 228)):
@@ -100,6 +116,77 @@ def test_shards_cover_the_single_process_batches():
         assert sorted(shards[0][step] + shards[1][step]) == batch
 
 
+def test_grid_sample_is_distinct_fixed_by_seed_and_complete_when_short():
+    sample = grid_sample(6, 3, 10, seed=1)
+    assert len(sample) == len(set(sample)) == 10
+    assert all(0 <= i < 6 and 0 <= c < 3 for i, c in sample)
+    assert sample == grid_sample(6, 3, 10, seed=1) and sample != grid_sample(6, 3, 10, seed=2)
+    assert sorted(grid_sample(6, 3, 100, seed=1)) == [(i, c) for i in range(6) for c in range(3)]
+    assert grid_sample(6, 3, 0, seed=1) == []
+
+
+def _batchnorms(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_batchnorm_recalibration_averages_the_current_weights_statistics(tiny):
+    spec = PreprocessSpec(crop_size=64, crop_count=2)
+    store = ImageStore([item.path for item in tiny.items], spec)
+    images, crops = [0, 3, 5, 7, 9, 12], [0, 1, 1, 0, 0, 1]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="resnet18", crop_size=64, pool=2), "random")
+    model.eval()
+    first = _batchnorms(model)[0]
+    # Training-mode statistics of the first layer's input, batch by batch (batches of 4:
+    # the remainder of 2 is left out so that no small batch weighs as much as a full one).
+    seen = []
+    hook = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    batches = list(grid_batches(store, images, crops, batch_size=4))
+    assert [b.shape[0] for b in batches] == [4]
+    for layer in _batchnorms(model):  # stale statistics must not leak into the result
+        layer.running_mean.fill_(5.0)
+        layer.running_var.fill_(9.0)
+    assert recalibrate_batchnorm(model, batches) == 1
+    hook.remove()
+    x = seen[0]
+    assert torch.allclose(first.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(first.running_var, x.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4)
+    assert all(layer.momentum == 0.1 for layer in _batchnorms(model)) and not model.training
+    # The statistics changed every layer, and recomputing them gives the very same bits.
+    after = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    assert all(not torch.all(v == 5.0) for k, v in after.items() if k.endswith("running_mean"))
+    recalibrate_batchnorm(model, grid_batches(store, images, crops, batch_size=4))
+    assert all(torch.equal(after[k], v) for k, v in model.state_dict().items() if k in after)
+    # Several batches count equally (cumulative average), the remainder is left out.
+    assert recalibrate_batchnorm(model, grid_batches(store, images, crops, batch_size=3)) == 2
+
+
+def test_small_crops_with_recalibration_travel_in_the_checkpoint(tiny, tmp_path):
+    run_experiment(tiny, SMALL, tmp_path / "run", progress=False)
+    model, info = load_checkpoint(tmp_path / "run" / "checkpoint")
+    assert info.config.crop_size == info.preprocess.crop_size == 64 and info.config.pool == 2
+    assert info.training["config"]["bn_recalibration"] == 16
+    # The saved statistics are the recalibrated ones of the saved weights.
+    spec = info.preprocess
+    store = ImageStore([item.path for item in tiny.items], spec)
+    from pmtiqa_deploy.train.trainer import split_dataset
+
+    split = split_dataset(tiny, SMALL.seed)
+    pairs = grid_sample(len(split.train), spec.crop_count, SMALL.bn_recalibration, SMALL.seed)
+    saved = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    images, crops = [split.train[i] for i, _ in pairs], [c for _, c in pairs]
+    recalibrate_batchnorm(model, grid_batches(store, images, crops))
+    assert all(torch.allclose(saved[k], v, atol=1e-6) for k, v in model.state_dict().items() if k in saved)
+
+
+def test_crop_size_must_fit_the_multi_scale_grid():
+    for bad in (100, 16):
+        with pytest.raises(ValueError, match="multiple of 32"):
+            TrainConfig(crop_size=bad)
+    with pytest.raises(ValueError, match="bn_recalibration"):
+        TrainConfig(bn_recalibration=-1)
+
+
 @pytest.mark.parametrize("resize", ["none", "fixed"])
 def test_test_time_crops_are_the_reference_crops(tiny, resize):
     spec = PreprocessSpec(resize=resize, width=300 if resize == "fixed" else None,
@@ -141,8 +228,8 @@ class Stop(Exception):
     pass
 
 
-def test_killed_and_resumed_run_equals_an_uninterrupted_one(tiny, tmp_path):
-    config = TINY
+@pytest.mark.parametrize("config", [TINY, SMALL], ids=["paper-like", "small-crops-recalibrated"])
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(tiny, tmp_path, config):
     whole = run_experiment(tiny, config, tmp_path / "whole", progress=False)
 
     def stop_after_first_epoch(epoch, record):
