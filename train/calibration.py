@@ -12,23 +12,46 @@ tests and the CPU benchmark need when no trained checkpoint is at hand.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 
 from pmtiqa_deploy.train.model import PMTIQA
 
 
-def recompute_batchnorm(model: PMTIQA, x: torch.Tensor) -> None:
-    """Replace every BatchNorm's running statistics with those of `x` (normalised crops,
-    [B, 3, H, W]) in one cumulative-average forward pass. Leaves the model in eval mode."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average: one pass gives the exact statistics
+def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate every BatchNorm layer's running mean and variance for the current
+    weights: reset them, run `batches` forward in training mode with cumulative averaging
+    (momentum None: each batch counts equally), restore the layers' momentum. Returns the
+    number of batches seen.
+
+    Why: in eval mode BatchNorm normalises with exponential averages that trail the weights
+    by about 1/momentum steps. When the weights still move fast (a short run from scratch
+    at a high learning rate) those averages describe an older network, and the scores the
+    exported model computes with them swing from epoch to epoch, whatever the weights
+    learned. Statistics of the current weights are what the deployed model should carry
+    (torch.optim.swa_utils.update_bn does the same for averaged weights). Training itself is
+    unaffected: in training mode BatchNorm normalises with each batch's own statistics.
+    """
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in layers]
+    was_training = model.training
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
     model.train()
-    with torch.no_grad():
-        model(x)
-    model.eval()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for x in batches:
+                model(x)
+                seen += 1
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        model.train(was_training)
+    return seen
 
 
 def spread_scores(model: PMTIQA, x: torch.Tensor, crops_per_image: int,
@@ -46,9 +69,9 @@ def spread_scores(model: PMTIQA, x: torch.Tensor, crops_per_image: int,
 
 def calibrate_untrained(model: PMTIQA, crops: np.ndarray | torch.Tensor, crops_per_image: int,
                         low: float = 10.0, high: float = 90.0) -> PMTIQA:
-    """`recompute_batchnorm` then `spread_scores` on the same normalised crops; returns
+    """`recalibrate_batchnorm` on the crops (one batch) then `spread_scores` on the same normalised crops; returns
     the model (in eval mode) for chaining."""
     x = torch.as_tensor(np.ascontiguousarray(crops)) if isinstance(crops, np.ndarray) else crops
-    recompute_batchnorm(model, x)
+    recalibrate_batchnorm(model, [x])
     spread_scores(model, x, crops_per_image, low, high)
     return model

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from pmtiqa_deploy.agreement import agreement
 from pmtiqa_deploy.errors import BackendUnavailable, DatasetError
 from pmtiqa_deploy.preprocess import normalize
 from pmtiqa_deploy.spec import atomic_write_bytes
+from pmtiqa_deploy.train.calibration import recalibrate_batchnorm
 from pmtiqa_deploy.train.checkpoint import CheckpointInfo, library_versions, save_checkpoint
 from pmtiqa_deploy.train.datasets import Dataset
 from pmtiqa_deploy.train.model import ModelConfig, build_model
@@ -259,40 +260,6 @@ def predict(model: torch.nn.Module, store: ImageStore, indices: tuple[int, ...],
     for rank, part in enumerate(parts):
         out[rank::cluster.world] = part
     return out
-
-
-def recalibrate_batchnorm(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Re-estimate every BatchNorm layer's running mean and variance for the current
-    weights: reset them, run `batches` forward in training mode with cumulative averaging
-    (momentum None: each batch counts equally), restore the layers' momentum. Returns the
-    number of batches seen.
-
-    Why: in eval mode BatchNorm normalises with exponential averages that trail the weights
-    by about 1/momentum steps. When the weights still move fast (a short run from scratch
-    at a high learning rate) those averages describe an older network, and the scores the
-    exported model computes with them swing from epoch to epoch, whatever the weights
-    learned. Statistics of the current weights are what the deployed model should carry
-    (torch.optim.swa_utils.update_bn does the same for averaged weights). Training itself is
-    unaffected: in training mode BatchNorm normalises with each batch's own statistics.
-    """
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [layer.momentum for layer in layers]
-    was_training = model.training
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None
-    model.train()
-    seen = 0
-    try:
-        with torch.no_grad():
-            for x in batches:
-                model(x)
-                seen += 1
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-        model.train(was_training)
-    return seen
 
 
 def grid_batches(store: ImageStore, images: list[int], crops: list[int], device: str = "cpu",

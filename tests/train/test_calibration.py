@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the train extra (torch) is not installed")
 
-from pmtiqa_deploy.train.calibration import calibrate_untrained, recompute_batchnorm  # noqa: E402
+from pmtiqa_deploy.train.calibration import calibrate_untrained, recalibrate_batchnorm  # noqa: E402
 from pmtiqa_deploy.train.model import PMTIQA, ModelConfig  # noqa: E402
 
 
@@ -22,7 +22,8 @@ def crops():
 def test_batchnorm_statistics_are_those_of_the_crops(crops):
     torch.manual_seed(0)
     model = PMTIQA(ModelConfig(backbone="resnet18"))
-    recompute_batchnorm(model, crops)
+    assert recalibrate_batchnorm(model, [crops]) == 1
+    model.eval()
     conv1, bn1 = model.stem[0], model.stem[1]
     assert not model.training
     with torch.no_grad():
