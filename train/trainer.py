@@ -124,10 +124,10 @@ PRESETS = {
     #   visible at that scale; the 12 test crops tile the 384x288 image exactly (3 x 4).
     # - 14 epochs of 12 crops per image (~50k patches), lr/10 for the last 4 (step decay at
     #   about two thirds, as the paper's 20 epochs with a step of 6 end).
-    # - lr 3e-4: at 1e-3 (and 5e-4) the score head stalled (training L1 stuck near the
-    #   scores' mean deviation) while 3e-4 kept improving, on a development split of the
-    #   training sources alone.
-    # - batch 16: more steps per patch than 32 at the same patches per second.
+    # - lr 3e-4: at 1e-3 the score head stalled (training L1 stuck near the scores' mean
+    #   deviation) and at 5e-4 it learned more slowly, while 3e-4 kept improving, on a
+    #   development split of the non-test sources alone (the test photos never looked at).
+    # - batch 16: twice the steps of 32 at the same patches per second (measured at 128).
     # - scale_head_lr: the score head reaches MOS units in a short run (see TrainConfig).
     # - bn_recalibration: validation, and the exported checkpoint, use BatchNorm statistics
     #   of the current weights, not averages trailing them.
