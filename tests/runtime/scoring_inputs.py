@@ -41,7 +41,7 @@ def _encode(ext: str, array: np.ndarray, params: tuple = ()) -> bytes:
     return buf.tobytes()
 
 
-def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
     """Insert an APP1 Exif segment holding only the Orientation tag (0x0112)."""
     ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + b"\0\0\0\0"
     payload = b"Exif\0\0" + b"MM\0*\0\0\0\x08" + ifd
@@ -72,7 +72,7 @@ def write_awkward_folder(folder: Path) -> dict[str, bool]:
         "h_rgba.png": _encode(".png", np.dstack([photo(230, 240, 4), np.full((230, 240), 200, np.uint8)])),
         "i_gray.png": _encode(".png", photo(240, 250, 5)[..., 1]),
         "j_cmyk.jpg": _cmyk_jpeg(photo(240, 256, 6)),
-        "k_exif_rotated.jpg": _with_exif_orientation(
+        "k_exif_rotated.jpg": with_exif_orientation(
             _encode(".jpg", cv2.cvtColor(photo(230, 330, 7), cv2.COLOR_RGB2BGR)), 6),
         "l_huge_8000x6000.jpg": _encode(".jpg", cv2.resize(photo(300, 400, 8), (8000, 6000)),
                                         (cv2.IMWRITE_JPEG_QUALITY, 80)),

@@ -13,6 +13,7 @@ from pmtiqa_deploy.preprocess import (
     crop_boxes, crops_uint8, decode_image, grid_shape, normalize, preprocess, preprocess_file,
     resize_image, resized_size)
 from pmtiqa_deploy.spec import InputSpec, PreprocessSpec
+from scoring_inputs import with_exif_orientation
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -25,13 +26,6 @@ def _jpeg(array_bgr: np.ndarray, quality: int = 95) -> bytes:
     ok, buf = cv2.imencode(".jpg", array_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return buf.tobytes()
-
-
-def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
-    """Insert an APP1 Exif segment holding only the Orientation tag (0x0112)."""
-    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + b"\0\0\0\0"
-    payload = b"Exif\0\0" + b"MM\0*\0\0\0\x08" + ifd
-    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -109,7 +103,7 @@ def test_exif_orientation_is_applied(tmp_path, orientation, shape, marked):
     bgr = np.zeros((40, 60, 3), np.uint8)
     bgr[:12, :12] = (0, 0, 255)  # a red block in the stored top-left corner
     path = tmp_path / f"exif{orientation}.jpg"
-    path.write_bytes(_with_exif_orientation(_jpeg(bgr), orientation))
+    path.write_bytes(with_exif_orientation(_jpeg(bgr), orientation))
     rgb = decode_image(path)
     assert rgb.shape[:2] == shape
     y = 3 if marked[0] == 0 else rgb.shape[0] - 4
