@@ -13,7 +13,9 @@
 
 Each step is the real console command in a subprocess, printed before it runs, so the
 output doubles as a tutorial. Everything lives under the cache folder ($PMTIQA_CACHE,
-else ~/.cache/pmtiqa-deploy): builtin-v1-seed0/, demo/run/, demo/model/, demo/bench.json.
+else ~/.cache/pmtiqa-deploy): the dataset in builtin-v<version>-seed0/ and the rest in
+demo/builtin-v<version>-seed0/{run,model,bench.json}, so a new version of the built-in
+dataset trains a new model instead of reusing one trained on the old data.
 """
 
 from __future__ import annotations
@@ -30,13 +32,6 @@ from pathlib import Path
 
 # Exit codes of pmtiqa-export that leave a usable ONNX export (3: no TensorRT here).
 EXPORT_OK = (0, 3)
-
-
-def cache_root() -> Path:
-    """The folder train/builtin.py's default_dir() uses, without importing torch."""
-    root = os.environ.get("PMTIQA_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "pmtiqa-deploy")
-    return Path(root)
 
 
 def tool(name: str) -> str:
@@ -90,9 +85,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=10, help="Timed batches per backend and batch size [10].")
     args = parser.parse_args()
 
-    root = args.cache or cache_root()
+    from pmtiqa_deploy.train.builtin import default_dir  # numpy and OpenCV only, no torch
+
+    root = args.cache or default_dir(seed=0).parent
     os.environ["PMTIQA_CACHE"] = str(root)  # the tools' default folders follow it
-    data, demo = root / "builtin-v1-seed0", root / "demo"
+    data = default_dir(seed=0)
+    demo = root / "demo" / data.name
     run_dir, model, bench_json = demo / "run", demo / "model", demo / "bench.json"
     started = time.perf_counter()
 

@@ -3,34 +3,40 @@ that scikit-image ships inside its package, so the demo, the tests and the bench
 need no download. Its dataset name is `builtin`.
 
 Sources. The eight colour photographs of `skimage.data` that are real photos and present
-without pooch (astronaut, chelsea, coffee, hubble_deep_field, immunohistochemistry,
-motorcycle_left, retina, rocket); the Hubble deep field, 1000x872 of independent
-galaxies, gives two sources: two disjoint windows at full resolution from opposite
-corners, so the two share no pixel and no object. The grey photographs (camera, coins,
-moon...) are left out: colour distortions would do nothing to them, and the synthetic
-images (colorwheel, logo, checkerboard) are not photographs. The stereo twin
-`motorcycle_right` is the same scene, so it is not a source of its own.
+without pooch: astronaut, chelsea, coffee, hubble_deep_field, immunohistochemistry,
+motorcycle (stereo_motorcycle's left view), retina and rocket. The grey photographs
+(camera, coins, moon...) are left out: colour distortions would do nothing to them, and
+the synthetic images (colorwheel, logo, checkerboard) are not photographs. The stereo
+twin `motorcycle_right` is the same scene, so it is not a source of its own.
 
-Working size. Every source becomes 384x288 (width x height, 4:3): scaled with area
-interpolation so it covers the window (or kept at full size for the Hubble windows),
-then cut at an anchor (the centre, except the astronaut's top so her face stays whole).
-Five 224x224 crops fit, and the metrics stay cheap.
+Windows. Every image is a 384x288 window (width x height, 4:3; five 224 crops fit and
+the metrics stay cheap). Each photograph gives the whole picture, scaled with area
+interpolation just enough to cover the window (cut at its centre, or the astronaut's top
+so her face stays whole), and, where the photograph is large enough to differ from that,
+windows of its own pixels at scale 1 (two corners; the Hubble field's are the v1
+windows; the retina's three lie inside the fundus disc). So content appears at the scale
+the camera saw it and zoomed out, 23 windows in all: a learner from scratch sees smooth
+surfaces that are sharp (the retina at full resolution) as well as dense detail. The
+windows of one photograph share its name as the manifest's reference id, so a
+content-disjoint split never puts two views of one photograph on both sides. (Version 1
+gave the two Hubble windows separate ids: not content-disjoint.)
 
 Distortions. Ten types at five levels each, from barely visible to severe (`DISTORTIONS`
 lists their parameters); noise, impulse noise and the motion-blur direction are drawn
 from a generator seeded by (seed, source, type, level), so any subset of sources builds
 the same pixels as the full set.
 
-Scores. Each distorted image is scored against its source with the full-reference
+Scores. Each distorted image is scored against its window with the full-reference
 pseudo-MOS of `fidelity.py` (MS-SSIM, GMSD and VIFp, 0..100, higher is better). The
 references are not items: they would all score 100 and teach nothing.
 
 Layout (the generic CSV-manifest layout, so the CSV reader reads it):
-    images/<source>/<distortion>_<level>.png   lossless, the very pixels that were scored
-    references/<source>.png
-    manifest.csv     path,score,reference sorted by path
+    images/<window>/<distortion>_<level>.png   lossless, the very pixels that were scored
+    references/<window>.png    the pristine window those images were scored against
+    manifest.csv     path,score,reference sorted by path; reference is the photograph
     manifest.json    the score range and resize policy the CSV reader expects
-    metrics.csv      each image's MS-SSIM, GMSD and VIFp (provenance, not read by readers)
+    metrics.csv      each image's photograph, distortion, level, MS-SSIM, GMSD and VIFp
+                     (provenance, not read by readers)
     builtin.json     provenance: version, seed, sources, distortions, metrics, content hash
 The build goes into a hidden folder beside `out_dir` that is renamed into place when
 complete, so an interrupted build never looks like a finished one.
@@ -58,7 +64,7 @@ from pmtiqa_deploy.spec import sha256_file
 from pmtiqa_deploy.train.fidelity import Fidelity, fidelity, ycbcr
 
 # Bump when anything that changes the pixels or the scores changes.
-BUILTIN_VERSION = 1
+BUILTIN_VERSION = 2
 SIZE = (384, 288)
 MANIFEST = {"name": "builtin", "score_min": 0.0, "score_max": 100.0, "higher_is_better": True,
             "units": "pseudo-MOS", "resize": "none", "width": None, "height": None}
@@ -67,27 +73,41 @@ _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 3]
 
 @dataclass(frozen=True)
 class Source:
-    """A reference image: `skimage.data.<loader>()` (item `index` of a tuple), scaled by
-    `scale` (None: just enough to cover the working size), cut at `anchor` (the window's
-    position as a fraction of the free space, x then y)."""
+    """A window of a photograph: `skimage.data.<loader>()` (item `index` of a tuple),
+    scaled by `scale` (None: just enough to cover the working size, the whole picture;
+    1.0: the photograph's own pixels), cut at `anchor` (the window's position as a fraction
+    of the free space, x then y). `photo` names the photograph: it is the items' reference
+    id, so every window of one photograph lands on the same side of a split."""
 
     name: str
+    photo: str
     loader: str
     index: int | None = None
     scale: float | None = None
     anchor: tuple[float, float] = (0.5, 0.5)
 
 
+def _windows(photo: str, loader: str, *details: tuple[str, float | None, tuple[float, float]],
+             index: int | None = None) -> tuple[Source, ...]:
+    return tuple(Source(photo if not tag else f"{photo}_{tag}", photo, loader, index, scale, anchor)
+                 for tag, scale, anchor in details)
+
+
+_WHOLE: tuple[str, float | None, tuple[float, float]] = ("", None, (0.5, 0.5))
+_NW: tuple[str, float | None, tuple[float, float]] = ("nw", 1.0, (0.0, 0.0))
+_SE: tuple[str, float | None, tuple[float, float]] = ("se", 1.0, (1.0, 1.0))
+
 SOURCES = (
-    Source("astronaut", "astronaut", anchor=(0.5, 0.0)),
-    Source("chelsea", "chelsea"),
-    Source("coffee", "coffee"),
-    Source("hubble_deep_field_a", "hubble_deep_field", scale=1.0, anchor=(0.05, 0.05)),
-    Source("hubble_deep_field_b", "hubble_deep_field", scale=1.0, anchor=(0.95, 0.95)),
-    Source("immunohistochemistry", "immunohistochemistry"),
-    Source("motorcycle_left", "stereo_motorcycle", index=0),
-    Source("retina", "retina"),
-    Source("rocket", "rocket"),
+    *_windows("astronaut", "astronaut", ("", None, (0.5, 0.0)), _NW, _SE),
+    *_windows("chelsea", "chelsea", _WHOLE),
+    *_windows("coffee", "coffee", _WHOLE, _NW, _SE),
+    *_windows("hubble_deep_field", "hubble_deep_field", _WHOLE, ("nw", 1.0, (0.05, 0.05)),
+              ("se", 1.0, (0.95, 0.95))),
+    *_windows("immunohistochemistry", "immunohistochemistry", _WHOLE, _NW, _SE),
+    *_windows("motorcycle", "stereo_motorcycle", _WHOLE, _NW, _SE, index=0),
+    *_windows("retina", "retina", _WHOLE, ("c", 1.0, (0.5, 0.5)), ("w", 1.0, (0.25, 0.45)),
+              ("e", 1.0, (0.75, 0.55))),
+    *_windows("rocket", "rocket", _WHOLE, _NW, _SE),
 )
 
 
@@ -171,9 +191,14 @@ def _pixelate(image, block, rng):
 
 
 def _quantisation(image, levels, rng):
-    """Uniform quantisation of each channel to `levels` values (posterisation)."""
-    step = 255.0 / (levels - 1)
-    return _u8(np.rint(image / step) * step)
+    """Posterisation: each channel quantised uniformly to `levels` values spread over that
+    channel's own range in this image (as a palette reduction would place them). Steps fixed
+    on 0..255 instead leave a dark, low-contrast window (the retina at full resolution) with
+    one or two values, and the metrics then score 3 levels above 5."""
+    x = image.astype(np.float64)
+    low, high = x.min(axis=(0, 1)), x.max(axis=(0, 1))
+    step = np.maximum(high - low, 1.0) / (levels - 1)
+    return _u8(low + np.rint((x - low) / step) * step)
 
 
 @dataclass(frozen=True)
@@ -198,7 +223,7 @@ DISTORTIONS = (
     Distortion("contrast", _contrast, "contrast factor", (0.8, 0.64, 0.48, 0.33, 0.2)),
     Distortion("saturation", _saturation, "chroma factor", (0.7, 0.5, 0.3, 0.12, 0.0)),
     Distortion("pixelate", _pixelate, "block size (pixels)", (2, 3, 4, 6, 9)),
-    Distortion("quantisation", _quantisation, "levels per channel", (32, 16, 8, 5, 3)),
+    Distortion("quantisation", _quantisation, "levels per channel over its range", (32, 16, 8, 5, 3)),
 )
 
 
@@ -231,7 +256,7 @@ def _reference(source: Source, size: tuple[int, int]) -> tuple[np.ndarray, dict]
         raise DatasetError(
             f"source {source.name} is {sw}x{sh}, smaller than the {width}x{height} window")
     x, y = round(source.anchor[0] * (sw - width)), round(source.anchor[1] * (sh - height))
-    detail = {"name": source.name, "skimage_data": source.loader, "index": source.index,
+    detail = {"name": source.name, "photo": source.photo, "skimage_data": source.loader, "index": source.index,
               "photo_size": [w, h], "scale": scale, "scaled_size": [sw, sh],
               "window": [x, y, width, height]}
     return np.ascontiguousarray(image[y:y + height, x:x + width]), detail
@@ -367,7 +392,7 @@ def _build(root: Path, chosen: Sequence[Source], key: dict, progress: bool) -> N
         (root / rel).write_bytes(data.tobytes())
         digests[rel] = hashlib.sha256(data.tobytes()).hexdigest()
 
-    rows: list[tuple[str, Fidelity, str, str, int]] = []
+    rows: list[tuple[str, Fidelity, str, str, int]] = []  # path, scores, photo, distortion, level
     details = []
     total = len(chosen) * len(DISTORTIONS) * 5
     with tqdm(total=total, desc="builtin dataset", unit="image", disable=not progress) as bar:
@@ -384,7 +409,7 @@ def _build(root: Path, chosen: Sequence[Source], key: dict, progress: bool) -> N
                     scored = fidelity(reference, image)
                     if not 0.0 <= scored.score <= 100.0:  # also catches NaN
                         raise DatasetError(f"{rel}: pseudo-MOS {scored.score} is outside 0..100")
-                    rows.append((rel, scored, source.name, distortion.name, level))
+                    rows.append((rel, scored, source.photo, distortion.name, level))
                     bar.update()
     rows.sort(key=lambda r: r[0])
     _write_text(root / "manifest.csv", digests, [["path", "score", "reference"]] + [

@@ -18,7 +18,8 @@ from pmtiqa_deploy.train import builtin  # noqa: E402
 from pmtiqa_deploy.train.builtin import DISTORTIONS, SOURCES, make_builtin  # noqa: E402
 from pmtiqa_deploy.train.fidelity import fidelity, gmsd, ms_ssim, ssim_terms, vifp, ycbcr  # noqa: E402
 
-SMALL = ("chelsea", "hubble_deep_field_a")
+SMALL = ("chelsea", "hubble_deep_field_nw")
+PHOTO = {s.name: s.photo for s in SOURCES}
 SMALL_SIZE = (240, 176)
 MANIFEST = {"name": "builtin", "score_min": 0.0, "score_max": 100.0, "higher_is_better": True,
             "units": "pseudo-MOS", "resize": "none", "width": None, "height": None}
@@ -66,7 +67,7 @@ def small(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photo():
-    return builtin.load_source(SOURCES[1], SMALL_SIZE)
+    return builtin.load_source(next(s for s in SOURCES if s.name == "chelsea"), SMALL_SIZE)
 
 
 # --- metrics -------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_layout_counts_and_manifest(small):
     assert sorted(p.name for p in (small / "references").iterdir()) == sorted(f"{s}.png" for s in SMALL)
     for row in rows:
         source = row["path"].split("/")[1]
-        assert row["path"].startswith("images/") and source in SMALL and row["reference"] == source
+        assert row["path"].startswith("images/") and source in SMALL and row["reference"] == PHOTO[source]
         assert 0.0 <= float(row["score"]) <= 100.0
         assert (small / row["path"]).is_file()
     info = json.loads((small / "builtin.json").read_text())
@@ -155,7 +156,7 @@ def test_content_hash_covers_every_file(small):
 def test_scores_are_of_the_saved_pixels(small):
     rows = _rows(small)
     for row in rows[::17]:
-        reference = decode_image(small / "references" / f"{row['reference']}.png")
+        reference = decode_image(small / "references" / f"{row['path'].split('/')[1]}.png")
         image = decode_image(small / row["path"])
         assert image.shape == (SMALL_SIZE[1], SMALL_SIZE[0], 3)
         assert fidelity(reference, image).score == pytest.approx(float(row["score"]), abs=1e-4)
@@ -256,12 +257,15 @@ def test_full_default_build(tmp_path):
     rows = _rows(root)
     assert len(SOURCES) >= 8 and len(DISTORTIONS) >= 8
     assert len(rows) == len(SOURCES) * len(DISTORTIONS) * 5
-    assert {r["reference"] for r in rows} == {s.name for s in SOURCES}
+    # One reference id per photograph: its windows share it, so splits keep them together.
+    assert {r["reference"] for r in rows} == {s.photo for s in SOURCES}
+    assert len({s.photo for s in SOURCES}) >= 8 and len({s.name for s in SOURCES}) == len(SOURCES)
+    assert PHOTO["hubble_deep_field_nw"] == PHOTO["hubble_deep_field_se"] == "hubble_deep_field"
     scores = np.array([float(r["score"]) for r in rows])
     assert scores.min() >= 0.0 and scores.max() <= 100.0 and scores.std() > 15
     _assert_monotonic(rows)
     for source in SOURCES:  # each source on its own, too
-        means = _level_means([r for r in rows if r["reference"] == source.name])
+        means = _level_means([r for r in rows if r["path"].split("/")[1] == source.name])
         for d in DISTORTIONS:
             curve = [means[(d.name, level)] for level in range(1, 6)]
             assert all(a > b for a, b in zip(curve, curve[1:])), (source.name, d.name, curve)
@@ -269,4 +273,4 @@ def test_full_default_build(tmp_path):
     part = make_builtin(tmp_path / "part", progress=False, sources=["rocket"])
     full = _files(root)
     assert all(full[p] == d for p, d in _files(part).items() if p.startswith(("images/", "references/")))
-    assert _rows(part) == [r for r in rows if r["reference"] == "rocket"]
+    assert _rows(part) == [r for r in rows if r["path"].startswith("images/rocket/")]
