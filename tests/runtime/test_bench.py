@@ -7,6 +7,7 @@ export extra is installed."""
 import csv
 import json
 import math
+import mmap
 from pathlib import Path
 
 import cv2
@@ -129,9 +130,12 @@ def test_peak_rss_is_measured():
     assert bench.peak_rss_mb() > 0
     if bench.reset_peak_rss():
         before = bench.peak_rss_mb()
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        # Fresh anonymous pages, touched: a heap allocation could reuse memory an earlier
+        # test freed but the allocator kept resident, and then RSS would not grow.
+        block = mmap.mmap(-1, 64 * 2**20)
+        np.frombuffer(block, np.uint8)[::4096] = 1
         assert bench.peak_rss_mb() >= before + 50
-        del block
+        block.close()
 
 
 def test_builtin_images_come_with_pseudo_mos(tmp_path):

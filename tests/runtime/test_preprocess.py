@@ -10,7 +10,7 @@ import pytest
 
 from pmtiqa_deploy.errors import DecodeError
 from pmtiqa_deploy.preprocess import (
-    crop_boxes, crops_uint8, decode_image, grid_shape, normalize, preprocess, preprocess_file,
+    crop_boxes, crops_uint8, decode_image, grid_shape, normalize, preprocess_file,
     resize_image, resized_size)
 from pmtiqa_deploy.spec import InputSpec, PreprocessSpec
 from scoring_inputs import with_exif_orientation
