@@ -37,7 +37,7 @@ PRESET_NAMES = ("paper", "demo")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Initial learning rate (Adam).")
 @click.option("--lr-step", type=click.IntRange(min=1), help="Divide the learning rate by 10 every this many epochs.")
 @click.option("--train-crops", type=click.IntRange(min=1),
-              help="M: random crops (with random flips) per training image per epoch.")
+              help="M: random crops (transformed as --augment says) per training image per epoch.")
 @click.option("--test-crops", type=click.IntRange(min=1),
               help="N: fixed grid crops per test image (the exported model's crop count).")
 @click.option("--crop-size", type=click.IntRange(min=32),
@@ -49,6 +49,9 @@ PRESET_NAMES = ("paper", "demo")
                    "weights; 0 keeps training's running averages.")
 @click.option("--schedule", type=click.Choice(("progressive", "fixed")),
               help="Loss weights: progressive l1=t/(T-1), l2=1-l1 (the paper), or fixed 0.5/0.5 (ablation).")
+@click.option("--augment", type=click.Choice(("flip", "dihedral", "dihedral+channels")),
+              help="Training-crop transforms: random left-right flips (the paper), any flip or "
+                   "quarter turn, or those with the RGB channels in any order (the demo preset).")
 @click.option("--rounds", type=click.IntRange(min=1),
               help="Repeat on fresh content-disjoint 80/20 splits; the summary reports medians.")
 @click.option("--seed", type=int, help="Seed of splits, initialisation and patches (round k uses seed+k).")

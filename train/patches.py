@@ -2,12 +2,14 @@
 
 Every image goes through `pmtiqa_deploy.preprocess` exactly as the exported model's
 runtime will see it: `decode_image`, `resize_image` (the dataset's resize policy) and
-`normalize`. Training differs only in *where* the 224 crops are (random positions and
-random horizontal flips); testing uses the fixed grid of `crops_uint8`, the very crops the
+`normalize`. Training differs only in *where* the crops are (random positions) and in
+label-preserving transforms of each crop (`AUGMENTS`: the paper's random horizontal flips,
+or for small datasets any of the eight flips and quarter turns, optionally with the RGB
+channels in any order); testing uses the fixed grid of `crops_uint8`, the very crops the
 exported model and the runtime score.
 
 Randomness is a pure function of (seed, epoch): the epoch's plan (which image, where,
-flipped or not, in which order) is drawn from `numpy.random.default_rng([seed, epoch])`,
+which transform, in which order) is drawn from `numpy.random.default_rng([seed, epoch])`,
 so a resumed run, a run with data-loading workers and every data-parallel process see
 the same patches in the same order, whatever happened before. The sample of grid crops
 that BatchNorm recalibration uses (`grid_sample`) is drawn once per seed.
@@ -74,32 +76,50 @@ class ImageStore:
         return crops_uint8(self.image(index), self.spec)
 
 
+# What a training crop may undergo, each choice equally likely:
+# - "flip": mirrored left-right or not (the paper's augmentation);
+# - "dihedral": any of the 8 symmetries of the square (flips and quarter turns);
+# - "dihedral+channels": those, and the RGB channels in any of their 6 orders.
+# All of them keep the label of the synthetic distortions: blur, noise, blocking, ringing,
+# banding, contrast and chroma loss look the same turned or recoloured. They matter when a
+# network learns from a handful of contents (the built-in demo), where orientation and
+# colour are otherwise cues to *which photograph* a crop shows, and so to its typical score.
+AUGMENTS = ("flip", "dihedral", "dihedral+channels")
+_CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
 @dataclass(frozen=True)
 class CropPlan:
     """One epoch's training patches, in training order: patch k is cut from
-    `image[k]` at fractional position (`fy[k]`, `fx[k]`) and flipped when `flip[k]`."""
+    `image[k]` at fractional position (`fy[k]`, `fx[k]`), then transformed by symmetry
+    `symmetry[k]` (see `transform_crop`) with its channels in order `channels[k]`."""
 
     image: np.ndarray
     fy: np.ndarray
     fx: np.ndarray
-    flip: np.ndarray
+    symmetry: np.ndarray
+    channels: np.ndarray
 
     def __len__(self) -> int:
         return int(self.image.shape[0])
 
 
-def epoch_plan(num_images: int, crops_per_image: int, seed: int, epoch: int) -> CropPlan:
+def epoch_plan(num_images: int, crops_per_image: int, seed: int, epoch: int,
+               augment: str = "flip") -> CropPlan:
     """M random crops of each of `num_images` images, shuffled; depends only on
-    (seed, epoch)."""
+    (seed, epoch, augment)."""
     if num_images < 1 or crops_per_image < 1:
         raise ValueError("an epoch needs at least one image and one crop per image")
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
     rng = np.random.default_rng([int(seed), int(epoch)])
     count = num_images * crops_per_image
     image = np.repeat(np.arange(num_images), crops_per_image)
     fy, fx = rng.random(count), rng.random(count)
-    flip = rng.random(count) < 0.5
+    symmetry = rng.integers(0, 2 if augment == "flip" else 8, count)
+    channels = rng.integers(0, 6, count) if augment == "dihedral+channels" else np.zeros(count, np.int64)
     order = rng.permutation(count)
-    return CropPlan(image[order], fy[order], fx[order], flip[order])
+    return CropPlan(image[order], fy[order], fx[order], symmetry[order], channels[order])
 
 
 def grid_sample(num_images: int, crops_per_image: int, count: int, seed: int) -> list[tuple[int, int]]:
@@ -114,14 +134,28 @@ def grid_sample(num_images: int, crops_per_image: int, count: int, seed: int) ->
     return [(int(k) // crops_per_image, int(k) % crops_per_image) for k in order]
 
 
-def random_crop(image: np.ndarray, fy: float, fx: float, flip: bool, size: int) -> np.ndarray:
-    """The size x size window at fractional position (fy, fx) of the free space, mirrored
-    left-right when `flip`. Every position 0..H-size (and 0..W-size) is equally likely."""
+def random_crop(image: np.ndarray, fy: float, fx: float, size: int) -> np.ndarray:
+    """The size x size window at fractional position (fy, fx) of the free space. Every
+    position 0..H-size (and 0..W-size) is equally likely."""
     height, width = image.shape[:2]
     y = min(int(fy * (height - size + 1)), height - size)
     x = min(int(fx * (width - size + 1)), width - size)
-    crop = image[y:y + size, x:x + size]
-    return crop[:, ::-1] if flip else crop
+    return image[y:y + size, x:x + size]
+
+
+def transform_crop(crop: np.ndarray, symmetry: int, channels: int = 0) -> np.ndarray:
+    """`crop` (H x W x 3) under symmetry 0..7 of the square (bit 0 mirrors left-right,
+    bit 1 mirrors top-bottom, bit 2 transposes; 0 is the identity, 1 the paper's flip)
+    with its channels in order `channels` (0..5; 0 keeps RGB)."""
+    if symmetry & 1:
+        crop = crop[:, ::-1]
+    if symmetry & 2:
+        crop = crop[::-1]
+    if symmetry & 4:
+        crop = crop.transpose(1, 0, 2)
+    if channels:
+        crop = crop[..., _CHANNEL_ORDERS[channels]]
+    return crop
 
 
 class PatchSet(torch.utils.data.Dataset):
@@ -142,7 +176,8 @@ class PatchSet(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         i = int(self.plan.image[k])
         crop = random_crop(self.store.image(self.images[i]), float(self.plan.fy[k]),
-                           float(self.plan.fx[k]), bool(self.plan.flip[k]), self.store.spec.crop_size)
+                           float(self.plan.fx[k]), self.store.spec.crop_size)
+        crop = transform_crop(crop, int(self.plan.symmetry[k]), int(self.plan.channels[k]))
         x = normalize(np.ascontiguousarray(crop)[None], self.store.spec)[0]
         return torch.from_numpy(x), torch.tensor(self.scores[i]), torch.tensor(self.levels[i])
 

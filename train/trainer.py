@@ -40,7 +40,14 @@ from pmtiqa_deploy.train.checkpoint import CheckpointInfo, library_versions, sav
 from pmtiqa_deploy.train.datasets import Dataset
 from pmtiqa_deploy.train.model import ModelConfig, build_model
 from pmtiqa_deploy.train.objective import SCHEDULES, learning_rate, loss_weights, pmt_loss
-from pmtiqa_deploy.train.patches import ImageStore, PatchSet, epoch_plan, grid_sample, shard_batches
+from pmtiqa_deploy.train.patches import (
+    AUGMENTS,
+    ImageStore,
+    PatchSet,
+    epoch_plan,
+    grid_sample,
+    shard_batches,
+)
 from pmtiqa_deploy.train.state import RoundState, has_state, load_state, save_state
 
 EpochCallback = Callable[[int, dict[str, Any]], None]
@@ -78,6 +85,8 @@ class TrainConfig:
     # patches (`recalibrate_batchnorm`); 0 keeps the running averages of training.
     bn_recalibration: int = 0
     schedule: str = "progressive"
+    # What each training crop may undergo (`patches.AUGMENTS`); "flip" is the paper's.
+    augment: str = "flip"
     seed: int = 0
     # Repeats with fresh content-disjoint splits (split seed = seed + round).
     rounds: int = 1
@@ -94,6 +103,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
         for name in ("epochs", "batch_size", "train_crops", "test_crops", "rounds", "lr_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -362,7 +373,7 @@ def train_round(dataset: Dataset, store: ImageStore, split: Split, config: Train
 
     for epoch in range(state.epoch, config.epochs):
         started = time.perf_counter()
-        plan = epoch_plan(len(split.train), config.train_crops, seed, epoch)
+        plan = epoch_plan(len(split.train), config.train_crops, seed, epoch, config.augment)
         patches = PatchSet(store, split.train, train_scores, dataset.score, plan)
         record: dict[str, Any] = {"round": round_index, "epoch": epoch}
         record.update(_train_epoch(net, optimizer, patches, config, epoch, cluster, workers, progress))

@@ -25,6 +25,7 @@ from pmtiqa_deploy.train.patches import (  # noqa: E402
     grid_sample,
     random_crop,
     shard_batches,
+    transform_crop,
 )
 from pmtiqa_deploy.train.trainer import (  # noqa: E402
     Cluster,
@@ -36,9 +37,10 @@ from pmtiqa_deploy.train.trainer import (  # noqa: E402
 
 TINY = TrainConfig(backbone="resnet18", backbone_weights="random", epochs=2, batch_size=4, lr=1e-3,
                    train_crops=1, test_crops=2, seed=3)
-# The demo's two additions at a test's scale: small crops (the MS pooling follows) and
-# BatchNorm recalibration before each evaluation.
-SMALL = TrainConfig(**{**TINY.to_dict(), "crop_size": 64, "bn_recalibration": 16})
+# The demo's additions at a test's scale: small crops (the MS pooling follows), BatchNorm
+# recalibration before each evaluation, and every crop transform.
+SMALL = TrainConfig(**{**TINY.to_dict(), "crop_size": 64, "bn_recalibration": 16,
+                       "augment": "dihedral+channels"})
 
 
 def make_dataset(root, references=5, levels=4, size=(240, 228)):
@@ -94,18 +96,38 @@ def test_pmt_loss_is_the_weighted_sum_of_l1_and_cross_entropy():
 
 
 def test_epoch_plan_depends_only_on_seed_and_epoch():
+    keys = ("image", "fy", "fx", "symmetry", "channels")
     a, b = epoch_plan(6, 3, seed=1, epoch=4), epoch_plan(6, 3, seed=1, epoch=4)
-    assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("image", "fy", "fx", "flip"))
+    assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in keys)
     assert sorted(a.image.tolist()) == sorted(list(range(6)) * 3)
     assert not np.array_equal(a.fy, epoch_plan(6, 3, seed=1, epoch=5).fy)
     assert not np.array_equal(a.fy, epoch_plan(6, 3, seed=2, epoch=4).fy)
 
 
-def test_random_crop_reaches_every_edge_and_flips():
+@pytest.mark.parametrize("augment,symmetries,orders", [
+    ("flip", {0, 1}, {0}), ("dihedral", set(range(8)), {0}), ("dihedral+channels", set(range(8)), set(range(6)))])
+def test_epoch_plan_draws_every_transform_its_augment_allows(augment, symmetries, orders):
+    plan = epoch_plan(40, 10, seed=0, epoch=0, augment=augment)
+    assert set(plan.symmetry.tolist()) == symmetries and set(plan.channels.tolist()) == orders
+    with pytest.raises(ValueError, match="augment"):
+        epoch_plan(4, 1, seed=0, epoch=0, augment="mixup")
+
+
+def test_random_crop_reaches_every_edge():
     image = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
-    assert np.array_equal(random_crop(image, 0.0, 0.0, False, 3), image[:3, :3])
-    assert np.array_equal(random_crop(image, 0.9999, 0.9999, False, 3), image[2:, 4:])
-    assert np.array_equal(random_crop(image, 0.0, 0.0, True, 3), image[:3, :3][:, ::-1])
+    assert np.array_equal(random_crop(image, 0.0, 0.0, 3), image[:3, :3])
+    assert np.array_equal(random_crop(image, 0.9999, 0.9999, 3), image[2:, 4:])
+
+
+def test_crop_transforms_are_the_eight_symmetries_and_six_channel_orders():
+    crop = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    assert transform_crop(crop, 0) is crop
+    assert np.array_equal(transform_crop(crop, 1), crop[:, ::-1])  # the paper's flip
+    turned = {transform_crop(crop, s).tobytes() for s in range(8)}
+    expected = {np.rot90(m, k).tobytes() for m in (crop, crop[:, ::-1]) for k in range(4)}
+    assert turned == expected and len(turned) == 8
+    orders = {tuple(transform_crop(crop, 0, c)[0, 0].tolist()) for c in range(6)}
+    assert len(orders) == 6 and all(sorted(o) == [0, 1, 2] for o in orders)
 
 
 def test_shards_cover_the_single_process_batches():
