@@ -18,12 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import kendalltau, pearsonr, spearmanr
 
-
-def correlations(truth: np.ndarray, predicted: np.ndarray) -> dict:
-    return {"srcc": float(spearmanr(truth, predicted)[0]), "plcc": float(pearsonr(truth, predicted)[0]),
-            "krcc": float(kendalltau(truth, predicted)[0]), "count": int(truth.size)}
+from pmtiqa_deploy.agreement import agreement
 
 
 def main() -> None:
@@ -57,8 +53,8 @@ def main() -> None:
         truth = np.array([i.score for i in items])
         guess = np.array([table[kind[i.path]] for i in items])
         photos = sorted({i.reference for i in items})
-        report[name] = {"pooled": correlations(truth, guess), "photos": {
-            p: correlations(truth[mask], guess[mask])
+        report[name] = {"pooled": agreement(guess, truth).to_dict(), "photos": {
+            p: agreement(guess[mask], truth[mask]).to_dict()
             for p in photos for mask in [np.array([i.reference == p for i in items])]}}
 
     print(f"oracle: mean training-photo pseudo-MOS of the same distortion and level (seed {args.seed})")
