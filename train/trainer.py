@@ -1,9 +1,10 @@
 """Progressive multi-task training of one round: a content-disjoint train/validation/test
 split, the PMT-IQA loss under its weight schedule, ONE Adam optimizer for the whole run
-with step decay, validation each epoch, the best-on-validation checkpoint, and the test
-metrics of that checkpoint. Optionally (the demo preset) BatchNorm statistics are
-re-estimated for the current weights before each evaluation (`recalibrate_batchnorm`), so
-the checkpoint, and the model exported from it, carries statistics of its own weights.
+with step decay, validation each epoch, the best-on-validation checkpoint (of the epochs
+that trained the score), and the test metrics of that checkpoint. Optionally (the demo
+preset) BatchNorm statistics are re-estimated for the current weights before each
+evaluation (`recalibrate_batchnorm`), so the checkpoint, and the model exported from it,
+carries statistics of its own weights.
 
 A round is resumable and deterministic: its patches depend only on (seed, epoch)
 (`patches.py`), its state is written atomically after each epoch (`state.py`), so a run
@@ -392,7 +393,11 @@ def train_round(dataset: Dataset, store: ImageStore, split: Split, config: Train
         _sync_buffers(model, cluster)
         val = _metrics(predict(model, store, split.val, cluster), targets(split.val))
         srcc = val["srcc"] if math.isfinite(val["srcc"]) else -math.inf
-        if state.best_epoch < 0 or srcc > state.best_srcc:
+        # A progressive run's first epoch gives the score no loss (l1 = 0): its head is still
+        # the initial one, shrunk by weight decay to a near-constant whose ranks are noise, so
+        # that epoch is validated and logged but never becomes the checkpoint.
+        scored = loss_weights(epoch, config.epochs, config.schedule)[0] > 0
+        if scored and (state.best_epoch < 0 or srcc > state.best_srcc):
             state.best_srcc, state.best_epoch = srcc, epoch
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if out is not None and cluster.main:
@@ -410,7 +415,7 @@ def train_round(dataset: Dataset, store: ImageStore, split: Split, config: Train
             tqdm.write(f"epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.3f} (L1 {record['l1']:.3f}, "
                        f"CE {record['cross_entropy']:.3f}, weights {record['l1_weight']:.2f}/"
                        f"{record['l2_weight']:.2f}), val SRCC {val['srcc']:.4f} PLCC {val['plcc']:.4f}, "
-                       f"best epoch {state.best_epoch + 1}, {record['seconds']:.0f} s")
+                       f"best epoch {state.best_epoch + 1 or '-'}, {record['seconds']:.0f} s")
         cluster.barrier()
         if epoch_callback is not None:
             epoch_callback(epoch, record)

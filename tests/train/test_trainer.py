@@ -240,6 +240,8 @@ def test_tiny_training_writes_a_loadable_checkpoint(tiny, tmp_path):
     records = [json.loads(line) for line in lines]
     assert [r["epoch"] for r in records] == [0, 1]
     assert [r["l1_weight"] for r in records] == [0.0, 1.0]
+    # The first progressive epoch trains no score head, so it is never the checkpoint.
+    assert [r["best_epoch"] for r in records] == [-1, 1] and info.metrics["best_epoch"] == 1
     assert all(np.isfinite(r["loss"]) for r in records)
     assert (tmp_path / "run" / "round-0" / "test_scatter.png").read_bytes()[:4] == b"\x89PNG"
     stored = json.loads((tmp_path / "run" / "summary.json").read_text())
