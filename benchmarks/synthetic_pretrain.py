@@ -13,8 +13,9 @@ radii, the classic model of natural-image statistics) and scikit-image's grey ph
 out of the built-in dataset because they have no colour), tinted with two random colours.
 Each content is distorted with one of the built-in dataset's ten distortions at one of
 its five levels, or left pristine, and the network names which of the 51 it was (the
-synthetic pretraining of DB-CNN's S-CNN, Zhang et al. 2018). Crops get the demo's
-transforms (quarter turns, flips, channel orders). The weights are saved as a
+synthetic pretraining of DB-CNN's S-CNN, Zhang et al. 2018). Crops are cut and transformed
+as the demo's training crops are (`patches.random_crop`, `patches.transform_crop`: any
+flip or quarter turn, any channel order). The weights are saved as a
 torchvision-format state dict, which `pmtiqa-train --backbone-weights PATH` loads.
 
 Deterministic for a seed (content i is drawn from default_rng([seed, i]); steps, not
@@ -35,6 +36,7 @@ import cv2
 import numpy as np
 
 from pmtiqa_deploy.train.builtin import DISTORTIONS, distort
+from pmtiqa_deploy.train.patches import random_crop, transform_crop
 
 PATCH = 96
 CONTENT = 2 * PATCH
@@ -108,11 +110,8 @@ def example(seed: int, index: int, crops: int = 2) -> tuple[list[np.ndarray], in
     image = content if label == CLASSES - 1 else distort(content, DISTORTIONS[label // 5], label % 5 + 1, rng)
     patches = []
     for _ in range(crops):
-        y, x = (int(v) for v in rng.integers(0, CONTENT - PATCH + 1, 2))
-        patch = np.rot90(image[y:y + PATCH, x:x + PATCH], int(rng.integers(4)))
-        if rng.random() < 0.5:
-            patch = patch[:, ::-1]
-        patches.append(np.ascontiguousarray(patch[..., rng.permutation(3)]))
+        patch = random_crop(image, rng.random(), rng.random(), PATCH)
+        patches.append(np.ascontiguousarray(transform_crop(patch, int(rng.integers(8)), int(rng.integers(6)))))
     return patches, label
 
 

@@ -396,8 +396,7 @@ def train_round(dataset: Dataset, store: ImageStore, split: Split, config: Train
         # A progressive run's first epoch gives the score no loss (l1 = 0): its head is still
         # the initial one, shrunk by weight decay to a near-constant whose ranks are noise, so
         # that epoch is validated and logged but never becomes the checkpoint.
-        scored = loss_weights(epoch, config.epochs, config.schedule)[0] > 0
-        if scored and (state.best_epoch < 0 or srcc > state.best_srcc):
+        if record["l1_weight"] > 0 and (state.best_epoch < 0 or srcc > state.best_srcc):
             state.best_srcc, state.best_epoch = srcc, epoch
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if out is not None and cluster.main:
