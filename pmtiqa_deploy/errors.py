@@ -40,3 +40,7 @@ class ExportError(PmtIqaError):
 
 class ParityError(ExportError):
     """An exported artifact disagrees with PyTorch beyond its tolerance."""
+
+
+class ServerError(PmtIqaError):
+    """An inference server could not be started or reached, or failed a request."""

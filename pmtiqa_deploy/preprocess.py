@@ -58,15 +58,21 @@ def _jpeg_is_complete(data: bytes) -> bool:
     return False
 
 
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """An image file's bytes; DecodeError when it cannot be read (what decode_image says,
+    so a client that sends the bytes elsewhere reports the same error)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise DecodeError(f"{path}: cannot read file ({exc.strerror})") from None
+
+
 def decode_image(source: str | os.PathLike | bytes) -> np.ndarray:
     """Decode an image file (path or encoded bytes) to an HxWx3 uint8 RGB array."""
     name = "<bytes>"
     if isinstance(source, (str, os.PathLike)):
         name = str(source)
-        try:
-            data = Path(source).read_bytes()
-        except OSError as exc:
-            raise DecodeError(f"{name}: cannot read file ({exc.strerror})") from None
+        data = read_image_file(source)
     else:
         data = bytes(source)
     if not data:

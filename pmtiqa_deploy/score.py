@@ -26,10 +26,10 @@ import math
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -43,6 +43,7 @@ from pmtiqa_deploy.spec import ModelSpec
 # Failures of one image's decode/preprocess that become its error row. Anything else
 # (a bug, KeyboardInterrupt) stops the run.
 _IMAGE_ERRORS = (DecodeError, OSError, ValueError, MemoryError, cv2.error)
+Loaded = TypeVar("Loaded")
 
 
 @dataclass(frozen=True)
@@ -231,20 +232,10 @@ class Scorer:
                 future.cancel()
 
     def _load_or_error(self, path: str | os.PathLike) -> tuple[np.ndarray | None, str | None]:
-        try:
-            return self.load(path), None
-        except _IMAGE_ERRORS as exc:
-            return None, _error_text(exc, os.fspath(path))
+        return load_or_error(self.load, path)
 
     def _row(self, path: str, score: float | None, error: str | None) -> ScoreRow:
-        if error is not None:
-            return ScoreRow(path, error=error)
-        if score is None or not math.isfinite(score):
-            return ScoreRow(path, error=f"the {self.backend.name} backend returned a non-finite "
-                                        f"score ({score}); check the model with pmtiqa-bench")
-        # The shortest decimal that reads back as the backend's float32 value.
-        short = float(str(np.float32(score)))
-        return ScoreRow(path, short, int(self.spec.score.level(short)))
+        return score_row(path, score, error, self.spec, self.backend.name)
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -272,6 +263,33 @@ class Scorer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def load_or_error(load: Callable[[Any], Loaded], source: str | os.PathLike | bytes,
+                  ) -> tuple[Loaded | None, str | None]:
+    """`load(source)` (a path or encoded bytes: decode and preprocess), or None and the text
+    of the image's error row when this one image cannot be used. Only an image's own
+    failures become error texts; anything else (a bug, KeyboardInterrupt) propagates.
+    Servers call this with the request's bytes, so their error texts are local scoring's."""
+    name = "<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
+    try:
+        return load(source), None
+    except _IMAGE_ERRORS as exc:
+        return None, _error_text(exc, name)
+
+
+def score_row(path: str, score: float | None, error: str | None, spec: ModelSpec,
+              backend: str) -> ScoreRow:
+    """The row of one image: its error, or its score (the shortest decimal that reads back
+    as the backend's float32 value) and level; a non-finite score is an error row that
+    names `backend`."""
+    if error is not None:
+        return ScoreRow(path, error=error)
+    if score is None or not math.isfinite(score):
+        return ScoreRow(path, error=f"the {backend} backend returned a non-finite "
+                                    f"score ({score}); check the model with pmtiqa-bench")
+    short = float(str(np.float32(score)))
+    return ScoreRow(path, short, int(spec.score.level(short)))
 
 
 def _error_text(exc: BaseException, path: str) -> str:
