@@ -17,7 +17,12 @@ Exit codes:
   3  ONNX files, model.json and parity.json written, but no engine: TensorRT's
      builder or a GPU is missing here (--no-engine makes this 0)
   4  an export step failed (ONNX export, FP16 conversion, TensorRT build or
-     engine check); nothing written"""
+     engine check); nothing written
+
+With --triton-repo DIR, the exported model is also written as a Triton model
+repository (the `pmtiqa` ensemble: image bytes in; score, level, error out).
+With --triton-network tensorrt and no engine built here, exit 3 and no repository;
+a repository that cannot be written is exit 4 (the model files are written)."""
 
 
 @click.command(epilog=EXIT_CODES, context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,10 +69,22 @@ Exit codes:
               help="Write the artifacts even when parity fails (parity.json records it).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="ONNX Runtime threads for the parity check (default: all cores).")
+@click.option("--triton-repo", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write a Triton Inference Server model repository here.")
+@click.option("--triton-network", type=click.Choice(["auto", "tensorrt", "onnxruntime", "python"]),
+              default="auto", show_default=True,
+              help="The repository's network: tensorrt_plan (the engine), onnxruntime_onnx (with "
+              "TensorRT FP16 as accelerator on GPUs), or python (the CPU/test variant: the runtime "
+              "on ONNX Runtime in Triton's Python backend); auto: tensorrt when an engine was built.")
+@click.option("--triton-device", type=click.Choice(["gpu", "cpu"]), default=None,
+              help="Instance kind of the repository's network [gpu; python: cpu].")
+@click.option("--triton-instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Copies of the repository's network per GPU (or on the CPU).")
 def export_command(checkpoint: Path, out_dir: Path, crop_count, batch_min, batch_opt, batch_max,
                    input_dtype, fp16, engine, opset, workspace_mib, timing_cache, version_compatible,
                    exclude_lean_runtime, debug_outputs, parity_images, parity_limit, builtin_dir,
-                   allow_drift, threads) -> None:
+                   allow_drift, threads, triton_repo, triton_network, triton_device,
+                   triton_instances) -> None:
     """Export a PMT-IQA checkpoint (a directory from pmtiqa-train) to ONNX FP32, ONNX FP16
     and a TensorRT engine, write model.json (the spec) beside them, and check every
     artifact against PyTorch on real images (parity.json)."""
@@ -75,6 +92,8 @@ def export_command(checkpoint: Path, out_dir: Path, crop_count, batch_min, batch
 
     if exclude_lean_runtime and not version_compatible:
         raise click.UsageError("--exclude-lean-runtime needs --version-compatible")
+    triton = _triton_options(triton_repo, triton_network, triton_device, triton_instances, engine,
+                             workspace_mib)
     try:
         from pmtiqa_deploy.export.pipeline import ExportOptions, export_model
         from pmtiqa_deploy.export.tensorrt import EngineOptions
@@ -105,4 +124,36 @@ def export_command(checkpoint: Path, out_dir: Path, crop_count, batch_min, batch
         sys.exit(2)
     if result.engine_missing:
         click.echo(f"model.engine was not built: {result.engine_missing}", err=True)
+    if triton is not None and not (result.engine_missing and triton_network == "tensorrt"):
+        from pmtiqa_deploy.export.triton import write_repository
+
+        try:
+            write_repository(result.directory, triton_repo, triton, log=lambda m: click.echo(m, err=True))
+        except PmtIqaError as exc:
+            click.echo(f"error: the Triton repository was not written: {exc}", err=True)
+            sys.exit(4)
+    elif triton is not None:
+        click.echo("error: no engine, so no tensorrt_plan repository; choose --triton-network "
+                   "onnxruntime, or export on a machine with TensorRT and a GPU", err=True)
     sys.exit(result.exit_code)
+
+
+def _triton_options(repo, network, device, instances, engine, workspace_mib):
+    """RepositoryOptions for --triton-*, checked before the export starts; None without a repo."""
+    source = click.get_current_context().get_parameter_source
+    given = [f"--triton-{name}" for name in ("network", "device", "instances")
+             if source(f"triton_{name}") is not click.core.ParameterSource.DEFAULT]
+    if repo is None:
+        if given:
+            raise click.UsageError(f"{', '.join(given)} go(es) with --triton-repo DIR")
+        return None
+    if network == "tensorrt" and not engine:
+        raise click.UsageError("--triton-network tensorrt needs the engine: drop --no-engine")
+    from pmtiqa_deploy.errors import ExportError
+    from pmtiqa_deploy.export.triton import RepositoryOptions
+
+    try:
+        return RepositoryOptions(network=network, device=device, instances=instances,
+                                 workspace_mib=workspace_mib)
+    except ExportError as exc:
+        raise click.UsageError(str(exc)) from None

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 TORCH_BY_DESIGN = {"pmtiqa_deploy.backends.torch"}
-OPTIONAL_LIBRARIES = {"onnxruntime", "tensorrt", "tensorrt_lean", "cuda", "cuda.bindings"}
-SCRIPTS = {"pmtiqa-train", "pmtiqa-data", "pmtiqa-export", "pmtiqa-score", "pmtiqa-bench"}
+# triton_python_backend_utils exists only inside Triton's Python-backend stub.
+OPTIONAL_LIBRARIES = {"onnxruntime", "tensorrt", "tensorrt_lean", "cuda", "cuda.bindings",
+                      "tritonclient", "triton_python_backend_utils"}
+SCRIPTS = {"pmtiqa-train", "pmtiqa-data", "pmtiqa-export", "pmtiqa-score", "pmtiqa-bench", "pmtiqa-serve"}
 
 
 def _package_dir() -> Path:
