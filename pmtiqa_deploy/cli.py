@@ -25,6 +25,19 @@ from pmtiqa_deploy.errors import PmtIqaError
 FORMATS = ("csv", "json", "jsonl")
 COLUMNS = ("path", "score", "level", "error")
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# Options that choose or measure a local model, which --server replaces.
+_SCORE_LOCAL = {"model_dir": "--model", "backend": "--backend", "precision": "--precision",
+                "threads": "--threads", "device": "--device", "checkpoint": "--checkpoint", "pad": "--pad"}
+_BENCH_LOCAL = {"model_dir": "--model", "backends": "--backend", "checkpoint": "--checkpoint",
+                "device": "--device", "threads": "--threads", "workers": "--workers",
+                "plot_path": "--plot", "min_srcc": "--min-srcc", "min_srcc_mos": "--min-srcc-mos"}
+_BENCH_SERVER = {"concurrency_text": "--concurrency", "time_limit": "--time-limit"}
+
+
+def _given(flags: dict[str, str]) -> list[str]:
+    """The options among `flags` (parameter name -> flag) given on the command line."""
+    source = click.get_current_context().get_parameter_source
+    return [flag for name, flag in flags.items() if source(name) is not click.core.ParameterSource.DEFAULT]
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -71,8 +84,11 @@ def _format_for(fmt: str | None, output: Path | None) -> str:
 
 @click.command(context_settings=_CONTEXT)
 @click.argument("paths", nargs=-1)
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
               help="Exported model directory (model.json beside the model files).")
+@click.option("--server", metavar="URL",
+              help="Score through a server instead (pmtiqa-serve or Triton with the repository "
+                   "pmtiqa-export wrote): http://HOST:PORT or grpc://HOST:PORT.")
 @click.option("--list", "list_files", multiple=True, type=click.Path(path_type=Path),
               help="A file of image paths, one a line (repeatable; same as @FILE).")
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(sorted(BACKENDS)),
@@ -81,7 +97,8 @@ def _format_for(fmt: str | None, output: Path | None) -> str:
               help="Model precision [onnxruntime: fp32; tensorrt: the spec's fp16 engine, else fp32].")
 @click.option("--batch", "batch_size", type=click.IntRange(min=1),
               help="Images per batch [the model's optimal batch from model.json].")
-@click.option("--workers", type=click.IntRange(min=1), help="Decode threads [min(4, CPUs)].")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Decode threads [min(4, CPUs)]; with --server, requests in flight [4].")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Inference threads (onnxruntime intra-op; torch.set_num_threads).")
 @click.option("--device", help="onnxruntime/torch: cpu or cuda; tensorrt: GPU index.")
@@ -96,8 +113,8 @@ def _format_for(fmt: str | None, output: Path | None) -> str:
               help="Write rows to this file [stdout].")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [on when stderr is a terminal].")
-def score_command(paths, model_dir, list_files, backend, precision, batch_size, workers, threads,
-                  device, checkpoint, pad, fmt, output, progress) -> None:
+def score_command(paths, model_dir, server, list_files, backend, precision, batch_size, workers,
+                  threads, device, checkpoint, pad, fmt, output, progress) -> None:
     """Score image quality: one row per input (path, score in the model's units, quality
     level, error), in input order.
 
@@ -112,15 +129,25 @@ def score_command(paths, model_dir, list_files, backend, precision, batch_size, 
 
     if not paths and not list_files:
         raise click.UsageError("give image files, folders or @list files (or --list FILE)")
-    if not model_dir.is_dir():
+    if server is not None and _given(_SCORE_LOCAL):
+        raise click.UsageError(f"{', '.join(_given(_SCORE_LOCAL))} choose(s) a local model; the "
+                               "server has its own: drop them with --server")
+    if server is None and model_dir is None:
+        raise click.UsageError("give --model DIR (or --server URL)")
+    if server is None and not model_dir.is_dir():
         _fail(f"model directory {model_dir} does not exist: export one with "
               "`pmtiqa-export CHECKPOINT -o DIR` and pass --model DIR")
     show = sys.stderr.isatty() if progress is None else progress
     try:
         check_list_files(paths, list_files)
         total = count_paths(paths, list_files) if show else None
-        scorer = Scorer.open(model_dir, backend, batch_size=batch_size, workers=workers, pad=pad,
-                             precision=precision, device=device, threads=threads, checkpoint=checkpoint)
+        if server is not None:
+            scorer = _server_scorer(server, batch_size, workers)
+            backend = "server"
+        else:
+            scorer = Scorer.open(model_dir, backend, batch_size=batch_size, workers=workers, pad=pad,
+                                 precision=precision, device=device, threads=threads,
+                                 checkpoint=checkpoint)
     except (PmtIqaError, ValueError) as exc:
         needs_checkpoint = backend == "torch" and checkpoint is None and "checkpoint" in str(exc)
         _fail(f"{exc}{'; pass --checkpoint DIR' if needs_checkpoint else ''}")
@@ -159,19 +186,35 @@ def score_command(paths, model_dir, list_files, backend, precision, batch_size, 
         raise click.exceptions.Exit(1)
 
 
-def _batches(text: str) -> list[int]:
+def _server_scorer(url: str, batch_size: int | None, workers: int | None) -> Any:
+    try:
+        from pmtiqa_deploy.triton.client import ServerScorer
+    except ImportError as exc:
+        _fail(f"scoring through a server needs tritonclient ({exc.name or exc}): "
+              "pip install 'pmtiqa-deploy[triton]'")
+    return ServerScorer.open(url, batch_size=batch_size, concurrency=workers or 4)
+
+
+def _batches(text: str, what: str = "batch sizes") -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise click.BadParameter(f"{text!r}: give batch sizes as integers, as in 1,8,32") from None
+        raise click.BadParameter(f"{text!r}: give {what} as integers, as in 1,8,32") from None
     if not values or min(values) < 1:
-        raise click.BadParameter(f"{text!r}: give positive batch sizes, as in 1,8,32")
+        raise click.BadParameter(f"{text!r}: give positive {what}, as in 1,8,32")
     return list(dict.fromkeys(values))
 
 
 @click.command(context_settings=_CONTEXT)
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
               help="Exported model directory (model.json beside the model files).")
+@click.option("--server", metavar="URL",
+              help="Measure a server instead (http://HOST:PORT or grpc://HOST:PORT): latency and "
+                   "images/s under --concurrency clients, each sending requests of --batch images.")
+@click.option("--concurrency", "concurrency_text", default="1,4,16", show_default=True,
+              help="With --server: concurrent clients to sweep, comma-separated.")
+@click.option("--time-limit", default=60.0, show_default=True, type=click.FloatRange(min=1),
+              help="With --server: seconds per concurrency and batch size at most.")
 @click.option("--backend", "backends", multiple=True, metavar="NAME[:fp32|fp16]",
               help="Backend to measure, repeatable [onnxruntime:fp32, onnxruntime:fp16, tensorrt, "
                    "torch:fp32]. torch is the reference for agreement.")
@@ -201,11 +244,14 @@ def _batches(text: str) -> list[int]:
 @click.option("--min-images-per-s", type=float, help="Budget: fail below this model-only throughput.")
 @click.option("--min-srcc", type=float, help="Budget: fail when SRCC vs PyTorch is below it.")
 @click.option("--min-srcc-mos", type=float, help="Budget: fail when SRCC vs MOS is below it.")
-def bench_command(model_dir, backends, batch_text, images, builtin, builtin_dir, limit, warmup, iterations,
-                  checkpoint, device, threads, workers, json_path, plot_path, max_p99_ms,
-                  min_images_per_s, min_srcc, min_srcc_mos) -> None:
+def bench_command(model_dir, server, concurrency_text, time_limit, backends, batch_text, images, builtin,
+                  builtin_dir, limit, warmup, iterations, checkpoint, device, threads, workers, json_path,
+                  plot_path, max_p99_ms, min_images_per_s, min_srcc, min_srcc_mos) -> None:
     """Benchmark backends: latency percentiles, images/s model-only and end to end, memory,
     and agreement with PyTorch (SRCC, PLCC, max abs difference) and with MOS.
+
+    With --server: latency p50/p90/p99 and images/s of a server under concurrent clients
+    (--iterations requests each, at most --time-limit seconds per row).
 
     Prints one table. Exit code: 0 every budget met, 1 a budget missed, 2 nothing could run.
     """
@@ -216,6 +262,25 @@ def bench_command(model_dir, backends, batch_text, images, builtin, builtin_dir,
         raise click.UsageError("give exactly one of --images DIR and --builtin")
     if builtin_dir and not builtin:
         raise click.UsageError("--builtin-dir goes with --builtin")
+    if server is not None:
+        from pmtiqa_deploy.triton.bench import bench_server
+
+        if _given(_BENCH_LOCAL):
+            raise click.UsageError(f"{', '.join(_given(_BENCH_LOCAL))} measure(s) a local model; "
+                                   "drop them with --server")
+        try:
+            chosen = (bench.builtin_images(builtin_dir, limit) if builtin
+                      else bench.images_from_folder(images, limit))
+        except PmtIqaError as exc:
+            _fail(str(exc))
+        raise click.exceptions.Exit(bench_server(
+            server, chosen.paths, concurrency=_batches(concurrency_text, "client counts"), batches=batches,
+            iterations=iterations, warmup=warmup, time_limit=time_limit, json_path=json_path,
+            max_p99_ms=max_p99_ms, min_images_per_s=min_images_per_s))
+    if model_dir is None:
+        raise click.UsageError("give --model DIR (or --server URL)")
+    if _given(_BENCH_SERVER):
+        raise click.UsageError(f"{', '.join(_given(_BENCH_SERVER))} go(es) with --server URL")
     try:
         choices = [bench.BackendChoice.parse(b) for b in backends or bench.DEFAULT_BACKENDS]
     except ValueError as exc:
