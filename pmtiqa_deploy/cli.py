@@ -4,26 +4,24 @@
 libraries) are imported inside the commands so `--help` is instant and torch-free.
 
 Exit codes, both commands: 2 when nothing could run (missing model directory, bad spec,
-backend unavailable, bad options); pmtiqa-score: 0 all inputs scored, 1 some failed;
+backend unavailable, bad options; for pmtiqa-score also an output that exists or cannot be
+written); pmtiqa-score: 0 all inputs scored, 1 some failed;
 pmtiqa-bench: 0 every budget met, 1 a budget missed (named on stderr).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import shlex
 import sys
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import Any, NoReturn
 
 import click
 
 from pmtiqa_deploy.backends import BACKENDS
 from pmtiqa_deploy.errors import PmtIqaError
+from pmtiqa_deploy.output.formats import FORMATS
 
-FORMATS = ("csv", "json", "jsonl")
-COLUMNS = ("path", "score", "level", "error")
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # Options that choose or measure a local model, which --server replaces.
 _SCORE_LOCAL = {"model_dir": "--model", "backend": "--backend", "precision": "--precision",
@@ -43,43 +41,6 @@ def _given(flags: dict[str, str]) -> list[str]:
 def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     raise click.exceptions.Exit(code)
-
-
-class RowWriter:
-    """Writes score rows as they come (memory flat): CSV with a header, a JSON array, or
-    JSON lines. `error` is empty (CSV) or null (JSON) for a scored row."""
-
-    def __init__(self, handle: IO[str], fmt: str):
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-        self.handle, self.fmt, self.count = handle, fmt, 0
-        if fmt == "csv":
-            self._csv = csv.writer(handle, lineterminator="\n")
-            self._csv.writerow(COLUMNS)
-        elif fmt == "json":
-            handle.write("[")
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.fmt == "csv":
-            self._csv.writerow(["" if row[c] is None else row[c] for c in COLUMNS])
-        elif self.fmt == "json":
-            self.handle.write(("\n  " if self.count == 0 else ",\n  ") + json.dumps(row))
-        else:
-            self.handle.write(json.dumps(row) + "\n")
-        self.count += 1
-
-    def close(self) -> None:
-        if self.fmt == "json":
-            self.handle.write("\n]\n" if self.count else "]\n")
-        self.handle.flush()
-
-
-def _format_for(fmt: str | None, output: Path | None) -> str:
-    """--format, else the output file's suffix (.csv/.json/.jsonl), else csv."""
-    if fmt is not None:
-        return fmt
-    suffix = output.suffix.lower().lstrip(".") if output is not None else ""
-    return suffix if suffix in FORMATS else "csv"
 
 
 @click.command(context_settings=_CONTEXT)
@@ -108,23 +69,40 @@ def _format_for(fmt: str | None, output: Path | None) -> str:
               help="Run every batch at the full batch size, so an image's score never depends on "
                    "the size of its batch (TensorRT picks kernels per shape).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS),
-              help="Output format [from the -o suffix, else csv].")
+              help="Output format [from the -o suffix, else csv]; parquet needs pyarrow.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write rows to this file [stdout].")
+              help="Write rows to this file, replaced only when the run finishes [stdout].")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [on when stderr is a terminal].")
+@click.option("--resume", is_flag=True,
+              help="Continue a killed run into -o (or add to a finished -o): score only the inputs "
+                   "without a row; the file is rewritten in input order.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing -o (and discard an unfinished run's rows).")
 def score_command(paths, model_dir, server, list_files, backend, precision, batch_size, workers,
-                  threads, device, checkpoint, pad, fmt, output, progress) -> None:
+                  threads, device, checkpoint, pad, fmt, output, progress, resume, overwrite) -> None:
     """Score image quality: one row per input (path, score in the model's units, quality
     level, error), in input order.
 
     PATHS are image files, folders (searched recursively for image extensions) or @FILE
     list files. A file that cannot be read or decoded gets an error row; the others are
-    still scored. Exit code: 0 all scored, 1 some failed, 2 nothing could run.
+    still scored. Names that are not UTF-8 are written in double quotes with octal escapes
+    (git's quoted paths); list files read them back.
+
+    -o FILE is written atomically: rows go to FILE.partial as they are scored, and FILE
+    appears (or is replaced) only when the run finishes. An existing FILE is refused
+    unless --overwrite or --resume is given. --resume after a killed run scores only the
+    inputs that have no row yet: each row keeps its input's place (inputs are expanded in
+    the same sorted order every run), and the finished FILE lists every input once, in
+    input order, with rows for paths no longer given kept at the end.
+
+    Exit code: 0 all scored, 1 some failed, 2 nothing could run or the output could not be
+    written (the rows so far stay in FILE.partial for --resume).
     """
     from tqdm import tqdm
 
-    from pmtiqa_deploy.inputs import check_list_files, count_paths, iter_paths
+    from pmtiqa_deploy.errors import OutputError
+    from pmtiqa_deploy.inputs import Inputs, check_list_files, check_output_not_input, count_paths
+    from pmtiqa_deploy.output import open_output
     from pmtiqa_deploy.score import Scorer
 
     if not paths and not list_files:
@@ -134,12 +112,19 @@ def score_command(paths, model_dir, server, list_files, backend, precision, batc
                                "server has its own: drop them with --server")
     if server is None and model_dir is None:
         raise click.UsageError("give --model DIR (or --server URL)")
+    if resume and overwrite:
+        raise click.UsageError("--resume keeps the rows -o holds, --overwrite discards them: give one")
+    if (resume or overwrite) and output is None:
+        raise click.UsageError(f"--{'resume' if resume else 'overwrite'} goes with -o FILE")
     if server is None and not model_dir.is_dir():
         _fail(f"model directory {model_dir} does not exist: export one with "
               "`pmtiqa-export CHECKPOINT -o DIR` and pass --model DIR")
     show = sys.stderr.isatty() if progress is None else progress
+    inputs = Inputs(paths, list_files)
     try:
         check_list_files(paths, list_files)
+        if output is not None:
+            check_output_not_input(output, paths, list_files)
         total = count_paths(paths, list_files) if show else None
         if server is not None:
             scorer = _server_scorer(server, batch_size, workers)
@@ -151,39 +136,48 @@ def score_command(paths, model_dir, server, list_files, backend, precision, batc
     except (PmtIqaError, ValueError) as exc:
         needs_checkpoint = backend == "torch" and checkpoint is None and "checkpoint" in str(exc)
         _fail(f"{exc}{'; pass --checkpoint DIR' if needs_checkpoint else ''}")
+    mode = "resume" if resume else "overwrite" if overwrite else "new"
     try:
-        handle = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
-    except OSError as exc:
+        sink = open_output(output, fmt, mode=mode, flush_rows=scorer.batch_size)
+    except (PmtIqaError, ValueError, ImportError) as exc:
         scorer.close()
-        _fail(f"cannot write {output} ({exc.strerror})")
-    writer = RowWriter(handle, _format_for(fmt, output))
-    scored = failed = 0
-    stopped: PmtIqaError | None = None
+        _fail(str(exc))
+    written = 0
     try:
-        with scorer, tqdm(total=total, disable=not show, unit="img", file=sys.stderr,
-                          desc=f"scoring ({backend})") as bar:
-            for row in scorer.score_files(iter_paths(paths, list_files)):
-                writer.write(row.to_dict())
-                if row.error is None:
-                    scored += 1
-                else:
-                    failed += 1
-                bar.update(1)
-    except PmtIqaError as exc:  # the backend failed mid-run: keep the rows written so far
-        stopped = exc
-    finally:
-        writer.close()
-        if output:
-            handle.close()
-    if stopped is not None:
-        _fail(f"{stopped} (stopped after {scored + failed} rows)", 1 if scored else 2)
-    if scored + failed == 0:
-        _fail("no image files found in the given paths (folders are searched for "
-              "image extensions such as .jpg and .png)")
-    click.echo(f"scored {scored} of {scored + failed} image(s)"
-               + (f"; {failed} failed (see the error column)" if failed else ""), err=True)
-    if failed:
+        with scorer, sink, tqdm(total=total, disable=not show, unit="img", file=sys.stderr,
+                                desc=f"scoring ({backend})") as bar:
+            for row in scorer.score_files(sink.inputs(inputs)):
+                sink.write(row)
+                written += 1
+                bar.update(written + sink.resumed - bar.n)  # found in -o count as done
+            summary = sink.finish()
+    except OutputError as exc:
+        _fail(str(exc))
+    except PmtIqaError as exc:  # the backend failed mid-run: the rows so far are kept
+        _fail(f"{exc} (stopped after {written} new rows){_kept(sink)}")
+    except KeyboardInterrupt:
+        _fail(f"interrupted after {written} new rows{_kept(sink)}", 130)
+    if summary.rows + summary.kept == 0:
+        _fail("no image files found in the given paths (folders are searched for image "
+              f"extensions such as .jpg and .png){_skipped(inputs.skipped)}")
+    scored = summary.rows - summary.failed
+    click.echo(f"scored {scored} of {summary.rows} image(s)"
+               + (f"; {summary.failed} failed (see the error column)" if summary.failed else "")
+               + (f"; {summary.resumed} row(s) were already in {output}" if summary.resumed else "")
+               + (f"; {summary.kept} row(s) of paths not given this time kept at the end"
+                  if summary.kept else "")
+               + _skipped(inputs.skipped), err=True)
+    if summary.failed:
         raise click.exceptions.Exit(1)
+
+
+def _kept(sink: Any) -> str:
+    partial = getattr(sink, "partial", None)
+    return f"; the rows so far are kept in {partial}: rerun with --resume to continue" if partial else ""
+
+
+def _skipped(count: int) -> str:
+    return f"; {count} file(s) in the folders skipped (not an image extension)" if count else ""
 
 
 def _server_scorer(url: str, batch_size: int | None, workers: int | None) -> Any:

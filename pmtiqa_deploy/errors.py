@@ -44,3 +44,21 @@ class ParityError(ExportError):
 
 class ServerError(PmtIqaError):
     """An inference server could not be started or reached, or failed a request."""
+
+
+class OutputError(PmtIqaError):
+    """The output cannot be written (disk full, read-only, no permission, I/O error). The
+    message is one line: the path, the cause, and where the rows so far are kept."""
+
+    def __init__(self, path: str, cause: str, kept: str | None = None):
+        self.path, self.cause, self.kept = path, cause, kept
+        message = f"cannot write {path} ({cause})"
+        if kept is not None:
+            where = "there" if kept == path else f"in {kept}"
+            message += f"; the rows so far are kept {where}: rerun with --resume once this is fixed"
+        super().__init__(message)
+
+
+class OutputRefused(PmtIqaError):
+    """Writing the output would destroy something: it exists, it is one of the inputs,
+    or another run is writing it. Nothing was written."""

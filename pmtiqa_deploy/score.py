@@ -37,6 +37,7 @@ import numpy as np
 from pmtiqa_deploy.backends import backend_class
 from pmtiqa_deploy.backends.base import Backend
 from pmtiqa_deploy.errors import DecodeError, InputError
+from pmtiqa_deploy.inputs import unreadable_reason
 from pmtiqa_deploy.preprocess import decode_image, preprocess
 from pmtiqa_deploy.spec import ModelSpec
 
@@ -293,7 +294,12 @@ def score_row(path: str, score: float | None, error: str | None, spec: ModelSpec
 
 
 def _error_text(exc: BaseException, path: str) -> str:
-    """The exception's message without a leading copy of the path (the row has it)."""
+    """The exception's message without a leading copy of the path (the row has it), or
+    what the path is when that explains the failure (a broken link, a folder)."""
+    if isinstance(exc, (DecodeError, OSError)):
+        reason = unreadable_reason(path)
+        if reason is not None:
+            return f"cannot read file: {reason}"
     text = str(exc) or type(exc).__name__
     if text.startswith(f"{path}: "):
         text = text[len(path) + 2:]
