@@ -14,7 +14,9 @@ formats live here and nowhere else.
   `write(row)` takes a `ScoreRow` or a mapping, from any source, in any order;
   `finish()` writes the target in input order and returns a `Summary`.
 - `read_rows(path, fmt)` reads a finished output back; `recorded_paths` gives the set of
-  inputs that already have a row in a finished or partial output.
+  inputs that already have a row in a finished or partial output, or a folder of parts.
+- `PartFolder`: a dataset of part files (Parquet for a Ray job), each appearing whole or
+  not at all.
 - `quote_path` / `unquote_path`: the one text form of a file name in every format.
 """
 
@@ -35,6 +37,7 @@ from pmtiqa_deploy.output.formats import (
     read_rows,
 )
 from pmtiqa_deploy.output.names import quote_path, unquote_path
+from pmtiqa_deploy.output.parts import PartFolder
 from pmtiqa_deploy.errors import OutputError
 from pmtiqa_deploy.output.store import RowStore, stored_paths
 from pmtiqa_deploy.output.target import (
@@ -47,7 +50,7 @@ from pmtiqa_deploy.output.target import (
 )
 
 __all__ = [
-    "COLUMNS", "FORMATS", "MODES", "PARTIAL_SUFFIX", "TEXT_FORMATS", "ResultFile", "RowStore",
+    "COLUMNS", "FORMATS", "MODES", "PARTIAL_SUFFIX", "TEXT_FORMATS", "PartFolder", "ResultFile", "RowStore",
     "RowWriter", "StreamOutput", "Summary", "columns_for", "format_for", "is_stream",
     "open_output", "quote_path", "read_rows", "recorded_paths", "stored_paths", "unquote_path",
 ]
@@ -74,10 +77,13 @@ def open_output(target: str | os.PathLike | None, fmt: str | None = None, *, mod
 
 
 def recorded_paths(target: str | os.PathLike, fmt: str | None = None) -> set[str]:
-    """The paths that already have a row: in `target`'s partial file when there is one
-    (an unfinished run), else in the finished `target`, else none. Each path as the os
-    functions take it (unquoted)."""
+    """The paths that already have a row: in the finished parts when `target` is a folder
+    (`PartFolder`, parquet unless `fmt` says otherwise); in `target`'s partial file when
+    there is one (an unfinished run), else in the finished `target`, else none. Each path
+    as the os functions take it (unquoted)."""
     target = Path(target)
+    if target.is_dir():
+        return PartFolder(target, fmt or "parquet").recorded_paths()
     partial = target.with_name(target.name + PARTIAL_SUFFIX)
     fmt = format_for(fmt, target)
     if partial.exists():

@@ -61,10 +61,8 @@ class RowWriter:
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
         self.fmt, self.columns, self.count = fmt, tuple(columns), 0
-        self._parquet: Any = None
-        self._pending: list[Mapping[str, Any]] = []
         if fmt == "parquet":
-            self._parquet = _parquet_writer(stream, self.columns)
+            self._parquet = _ParquetRows(stream, self.columns)
             return
         self._text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=False)
         if fmt == "csv":
@@ -74,10 +72,8 @@ class RowWriter:
             self._text.write("[")
 
     def write(self, row: Mapping[str, Any]) -> None:
-        if self._parquet is not None:
-            self._pending.append(row)
-            if len(self._pending) >= PARQUET_GROUP:
-                self._write_group()
+        if self.fmt == "parquet":
+            self._parquet.write(row)
         else:
             values = {c: row.get(c) for c in self.columns}
             values["path"] = quote_path(row["path"])
@@ -93,23 +89,17 @@ class RowWriter:
         self.count += 1
 
     def flush(self) -> None:
-        if self._parquet is None:
+        if self.fmt != "parquet":  # a Parquet file is readable only once closed
             self._text.flush()
 
     def close(self) -> None:
-        if self._parquet is not None:
-            self._write_group()
+        if self.fmt == "parquet":
             self._parquet.close()
             return
         if self.fmt == "json":
             self._text.write("\n]\n" if self.count else "]\n")
         self._text.flush()
         self._text.detach()
-
-    def _write_group(self) -> None:
-        if self._pending:
-            self._parquet.write_table(_arrow_table(self._pending, self.columns))
-            self._pending.clear()
 
 
 def read_rows(path: str | os.PathLike, fmt: str) -> Iterator[dict[str, Any]]:
@@ -127,10 +117,33 @@ def read_rows(path: str | os.PathLike, fmt: str) -> Iterator[dict[str, Any]]:
                 if line.strip():
                     yield _unquoted(json.loads(line))
         elif fmt == "json":
-            for record in json.load(handle):  # one document; a finished file is whole
-                yield _unquoted(record)
+            yield from map(_unquoted, _json_array(handle))
         else:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
+def _json_array(handle: IO[str]) -> Iterator[Any]:
+    """The items of a JSON array, one line at a time when it is laid out as RowWriter
+    writes it (`[`, one object a line, `]`), so a large file is never held whole; any
+    other layout is parsed as one document."""
+    lines = (line.strip() for line in handle)
+    if next(lines, None) == "[":
+        first = next(lines, "")
+        try:
+            item = json.loads(first.removesuffix(",")) if first != "]" else None
+        except json.JSONDecodeError:
+            item = None
+        if first == "]":
+            return
+        if isinstance(item, dict):
+            yield item
+            for text in lines:
+                if text == "]":
+                    return
+                yield json.loads(text.removesuffix(","))
+            raise ValueError("a JSON array without its closing ]: the file is cut short")
+    handle.seek(0)
+    yield from json.load(handle)
 
 
 def _unquoted(record: dict[str, Any]) -> dict[str, Any]:
@@ -161,33 +174,48 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
-def _arrow_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Any:
-    pa = _pyarrow()
-    data: dict[str, list[Any]] = {c: [row.get(c) for row in rows] for c in columns}
-    data["path"] = [quote_path(row["path"]) for row in rows]
-    types = {"path": pa.string(), "score": pa.float64(), "level": pa.int64(), "error": pa.string()}
-    return pa.table({c: pa.array(data[c], type=types.get(c)) for c in columns})
+class _ParquetRows:
+    """Rows gathered into row groups of PARQUET_GROUP. The score columns have fixed types;
+    an extra column's type is inferred from its first group (all None: a null column)."""
 
+    def __init__(self, stream: IO[bytes], columns: Sequence[str]):
+        self.pa = _pyarrow()
+        self.stream, self.columns = stream, tuple(columns)
+        self.types = {"path": self.pa.string(), "score": self.pa.float64(),
+                      "level": self.pa.int64(), "error": self.pa.string()}
+        self.pending: list[Mapping[str, Any]] = []
+        self.writer: Any = None
 
-def _parquet_writer(stream: IO[bytes], columns: Sequence[str]) -> Any:
-    pa = _pyarrow()
-    # The schema is fixed by the first group for extra columns; score columns are typed.
+    def write(self, row: Mapping[str, Any]) -> None:
+        self.pending.append(row)
+        if len(self.pending) >= PARQUET_GROUP:
+            self._write_group()
 
-    class _Lazy:
-        def __init__(self) -> None:
-            self.writer: Any = None
-
-        def write_table(self, table: Any) -> None:
-            if self.writer is None:
-                self.writer = pa.parquet.ParquetWriter(stream, table.schema)
+    def _write_group(self) -> None:
+        pa = self.pa
+        values = {c: [row.get(c) for row in self.pending] for c in self.columns}
+        values["path"] = [quote_path(row["path"]) for row in self.pending]
+        arrays = {}
+        for column in self.columns:
+            try:
+                arrays[column] = pa.array(values[column], type=self.types.get(column))
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise ValueError(f"column {column!r} mixes types, which Parquet cannot hold ({exc}); "
+                                 "give it one type in every row") from None
+        table = pa.table(arrays)
+        if self.writer is None:
+            self.writer = pa.parquet.ParquetWriter(self.stream, table.schema)
+        try:
             self.writer.write_table(table.cast(self.writer.schema))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"rows whose columns changed type from the first rows ({exc}); "
+                             "give each column one type in every row") from None
+        self.pending.clear()
 
-        def close(self) -> None:
-            if self.writer is None:  # no rows: still a readable file with the columns
-                self.write_table(_arrow_table([], [c for c in columns if c in COLUMNS]))
-            self.writer.close()
-
-    return _Lazy()
+    def close(self) -> None:
+        if self.pending or self.writer is None:  # no rows at all: still a file with the columns
+            self._write_group()
+        self.writer.close()
 
 
 def _read_parquet(path: str | os.PathLike) -> Iterator[dict[str, Any]]:

@@ -10,6 +10,7 @@ import pytest
 
 from pmtiqa_deploy.errors import OutputError, OutputRefused
 from pmtiqa_deploy.output import (
+    PartFolder,
     ResultFile,
     RowStore,
     open_output,
@@ -211,3 +212,65 @@ def test_store_claims_each_row_once_per_run(tmp_path):
     assert store.counts() == (3, 1, 0)
     assert [(r["path"], r["error"]) for r in store.rows()] == [("b", "broken"), ("a", None), ("a", None)]
     store.close()
+
+
+def test_parquet_reads_back_typed_rows_and_resumes(tmp_path):
+    pytest.importorskip("pyarrow", reason="the parquet extra (pyarrow) is not installed")
+    import pyarrow.parquet as pq
+
+    target = tmp_path / "out.parquet"
+    with open_output(target, extra_columns=("label",)) as out:
+        list(out.inputs([r["path"] for r in _rows()]))
+        for i, row in enumerate(_rows()):
+            out.write({**row, "label": i})
+        out.finish()
+    assert list(read_rows(target, "parquet")) == [{**r, "label": i} for i, r in enumerate(_rows())]
+    schema = pq.read_schema(target)
+    assert [(f.name, str(f.type)) for f in schema] == [
+        ("path", "string"), ("score", "double"), ("level", "int64"), ("error", "string"), ("label", "int64")]
+    with open_output(target, mode="resume", extra_columns=("label",)) as out:
+        assert list(out.inputs(["new.jpg", NAMES[0]])) == ["new.jpg"]
+        out.write({"path": "new.jpg", "score": 1.0, "level": 0, "error": None, "label": "text"})
+        with pytest.raises(ValueError, match="column 'label' mixes types"):
+            out.finish()
+    assert [r["path"] for r in read_rows(target, "parquet")] == NAMES  # still the old file
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_part_folder_parts_appear_whole_and_give_the_resume_set(tmp_path, fmt):
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow", reason="the parquet extra (pyarrow) is not installed")
+    parts = PartFolder(tmp_path / "scores", fmt)
+    assert parts.recorded_paths() == set()
+    rows = _rows()
+    parts.write_part(rows[:5], "job1-000000")
+    parts.write_part(rows[5:9], "job1-000001")
+    (tmp_path / "scores" / ".writing-deadbeef-part-job1-000002.x").write_bytes(b"torn")  # a killed writer
+
+    def failing():  # the block's scoring fails half-way: no part appears
+        yield rows[9]
+        raise RuntimeError("the scorer failed")
+
+    with pytest.raises(RuntimeError):
+        parts.write_part(failing(), "job1-000002")
+    with pytest.raises(OutputRefused, match="name of its own"):
+        parts.write_part(rows[:1], "job1-000000")
+    assert [p.name for p in parts.parts()] == [f"part-job1-00000{i}.{fmt}" for i in (0, 1)]
+    assert list(parts.rows()) == rows[:9]
+    assert parts.recorded_paths() == set(NAMES[:9]) == recorded_paths(tmp_path / "scores", fmt)
+    assert parts.remove_temporaries() == 1
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("[]\n", []), ("[\n]\n", []), ('[\n  {"path": "a"},\n  {"path": "b"}\n]\n', ["a", "b"]),
+    ('[{"path": "a"},\n{"path": "b"}]', ["a", "b"]), ('[\n  {\n "path": "a"}\n]', ["a"]),
+])
+def test_json_outputs_read_back_line_by_line_or_whole(tmp_path, text, expected):
+    (tmp_path / "x.json").write_text(text)
+    assert [r["path"] for r in read_rows(tmp_path / "x.json", "json")] == expected
+
+
+def test_a_json_output_cut_short_is_not_resumed_from(tmp_path):
+    (tmp_path / "x.json").write_text('[\n  {"path": "a", "score": 1.0, "level": 0, "error": null},\n')
+    with pytest.raises(OutputRefused, match="cut short"):
+        open_output(tmp_path / "x.json", mode="resume")

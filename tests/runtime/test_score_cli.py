@@ -139,3 +139,54 @@ def test_bench_rejects_bad_options(null_dir, awkward):
     assert bad.exit_code == 2 and "1,8,32" in bad.output
     unknown = run(bench_command, ["--model", str(null_dir), "--images", str(awkward), "--backend", "openvino"])
     assert unknown.exit_code == 2 and "openvino" in unknown.output
+
+
+def test_existing_output_is_refused_without_overwrite_or_resume(awkward, null_dir, tmp_path):
+    good = [str(p) for p in _good(awkward)[:3]]
+    target = tmp_path / "scores.csv"
+    target.write_text("precious\n")
+    refused = _score(*good, "--model", null_dir, "--backend", "null", "-o", target)
+    assert refused.exit_code == 2 and target.read_text() == "precious\n"
+    assert "exists" in refused.stderr and "--overwrite" in refused.stderr and "--resume" in refused.stderr
+    replaced = _score(*good, "--model", null_dir, "--backend", "null", "-o", target, "--overwrite")
+    assert replaced.exit_code == 0 and len(target.read_text().splitlines()) == 4
+    resumed = _score(*good, "--model", null_dir, "--backend", "null", "-o", target, "--resume")
+    assert resumed.exit_code == 0 and "3 row(s) were already in" in resumed.stderr
+    both = _score(*good, "--model", null_dir, "--backend", "null", "-o", target, "--resume", "--overwrite")
+    assert both.exit_code == 2 and "give one" in both.output
+    alone = _score(*good, "--model", null_dir, "--backend", "null", "--resume")
+    assert alone.exit_code == 2 and "-o FILE" in alone.output
+
+
+def test_output_that_is_an_input_is_refused_before_writing(awkward, null_dir, tmp_path):
+    good = _good(awkward)
+    listing = tmp_path / "paths.txt"
+    listing.write_text("".join(f"{p}\n" for p in good[:2]))
+    before = listing.read_bytes()
+    for args in ([f"@{listing}"], ["--list", listing]):
+        out = _score(*args, "--model", null_dir, "--backend", "null", "-o", listing, "--overwrite")
+        assert out.exit_code == 2 and "is the list file" in out.stderr
+        assert listing.read_bytes() == before and not (tmp_path / "paths.txt.partial").exists()
+    same = _score(good[0], "--model", null_dir, "--backend", "null", "-o", good[0], "--overwrite")
+    assert same.exit_code == 2 and "is the input" in same.stderr
+    inside = _score(awkward, "--model", null_dir, "--backend", "null", "-o", awkward / "sub" / "out.png")
+    assert inside.exit_code == 2 and "inside the scanned folder" in inside.stderr
+    assert not (awkward / "sub").exists()
+
+
+def test_summary_counts_scored_failed_and_skipped(awkward, null_dir, tmp_path):
+    out = _score(awkward, "--model", null_dir, "--backend", "null", "-o", tmp_path / "s.jsonl")
+    assert out.exit_code == 1
+    assert f"scored 10 of {len(AWKWARD)} image(s); 4 failed" in out.stderr
+    assert "1 file(s) in the folders skipped (not an image extension)" in out.stderr  # notes.txt
+
+
+def test_parquet_output(awkward, null_dir, tmp_path):
+    pytest.importorskip("pyarrow", reason="the parquet extra (pyarrow) is not installed")
+    from pmtiqa_deploy.output import read_rows
+
+    target = tmp_path / "scores.parquet"
+    out = _score(awkward, "--model", null_dir, "--backend", "null", "-o", target)
+    assert out.exit_code == 1
+    rows = list(read_rows(target, "parquet"))
+    assert [Path(r["path"]).name for r in rows] == sorted(AWKWARD)
