@@ -121,10 +121,15 @@ def score_command(paths, model_dir, server, list_files, backend, precision, batc
               "`pmtiqa-export CHECKPOINT -o DIR` and pass --model DIR")
     show = sys.stderr.isatty() if progress is None else progress
     inputs = Inputs(paths, list_files)
-    try:
+    mode = "resume" if resume else "overwrite" if overwrite else "new"
+    try:  # the output first: a refusal should not wait for a model to load
         check_list_files(paths, list_files)
         if output is not None:
             check_output_not_input(output, paths, list_files)
+        sink = open_output(output, fmt, mode=mode)
+    except (PmtIqaError, ValueError, ImportError) as exc:
+        _fail(str(exc))
+    try:
         total = count_paths(paths, list_files) if show else None
         if server is not None:
             scorer = _server_scorer(server, batch_size, workers)
@@ -134,14 +139,10 @@ def score_command(paths, model_dir, server, list_files, backend, precision, batc
                                  precision=precision, device=device, threads=threads,
                                  checkpoint=checkpoint)
     except (PmtIqaError, ValueError) as exc:
+        sink.close()
         needs_checkpoint = backend == "torch" and checkpoint is None and "checkpoint" in str(exc)
         _fail(f"{exc}{'; pass --checkpoint DIR' if needs_checkpoint else ''}")
-    mode = "resume" if resume else "overwrite" if overwrite else "new"
-    try:
-        sink = open_output(output, fmt, mode=mode, flush_rows=scorer.batch_size)
-    except (PmtIqaError, ValueError, ImportError) as exc:
-        scorer.close()
-        _fail(str(exc))
+    sink.flush_rows = scorer.batch_size  # rows are committed a batch at a time
     written = 0
     try:
         with scorer, sink, tqdm(total=total, disable=not show, unit="img", file=sys.stderr,

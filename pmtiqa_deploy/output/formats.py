@@ -64,7 +64,7 @@ class RowWriter:
         if fmt == "parquet":
             self._parquet = _ParquetRows(stream, self.columns)
             return
-        self._text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=False)
+        self._text: Any = io.TextIOWrapper(stream, encoding="utf-8", newline="")
         if fmt == "csv":
             self._csv = csv.writer(self._text, lineterminator="\n")
             self._csv.writerow(self.columns)
@@ -92,14 +92,23 @@ class RowWriter:
         if self.fmt != "parquet":  # a Parquet file is readable only once closed
             self._text.flush()
 
+    def release(self) -> None:
+        """Flush what is written and let go of the stream without ending the format (after
+        a failure), leaving the stream open for its owner."""
+        if self.fmt != "parquet" and self._text is not None:
+            text, self._text = self._text, None
+            try:
+                text.flush()
+            finally:
+                text.detach()
+
     def close(self) -> None:
         if self.fmt == "parquet":
             self._parquet.close()
             return
         if self.fmt == "json":
             self._text.write("\n]\n" if self.count else "]\n")
-        self._text.flush()
-        self._text.detach()
+        self.release()
 
 
 def read_rows(path: str | os.PathLike, fmt: str) -> Iterator[dict[str, Any]]:
@@ -165,7 +174,8 @@ def _typed(record: dict[str, Any]) -> dict[str, Any]:
 
 # --- parquet (pyarrow, imported only when asked) ------------------------------------------
 
-def _pyarrow() -> Any:
+def parquet_module() -> Any:
+    """pyarrow, with pyarrow.parquet loaded; ImportError naming the extra when missing."""
     try:
         import pyarrow
         import pyarrow.parquet
@@ -179,7 +189,7 @@ class _ParquetRows:
     an extra column's type is inferred from its first group (all None: a null column)."""
 
     def __init__(self, stream: IO[bytes], columns: Sequence[str]):
-        self.pa = _pyarrow()
+        self.pa = parquet_module()
         self.stream, self.columns = stream, tuple(columns)
         self.types = {"path": self.pa.string(), "score": self.pa.float64(),
                       "level": self.pa.int64(), "error": self.pa.string()}
@@ -219,7 +229,7 @@ class _ParquetRows:
 
 
 def _read_parquet(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
-    pa = _pyarrow()
+    pa = parquet_module()
     source = pa.parquet.ParquetFile(os.fspath(path))
     for batch in source.iter_batches(batch_size=PARQUET_GROUP):
         for record in batch.to_pylist():

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pmtiqa_deploy.errors import OutputError, OutputRefused
-from pmtiqa_deploy.output.formats import COLUMNS, RowWriter, read_rows
+from pmtiqa_deploy.output.formats import COLUMNS, RowWriter, parquet_module, read_rows
 from pmtiqa_deploy.output.store import RowStore
 
 MODES = ("new", "overwrite", "resume")
@@ -75,6 +75,7 @@ class StreamOutput:
         self.name, self.flush_rows, self.resumed = name, flush_rows, 0
         self._stream, self._owns = stream, owns_stream
         self._failed = 0
+        self._finished = False
         with self._errors():
             self._writer = RowWriter(stream, fmt, columns)
 
@@ -99,6 +100,7 @@ class StreamOutput:
     def finish(self) -> Summary:
         with self._errors():
             self._writer.close()
+            self._finished = True
             self._stream.flush()
             if self._owns:
                 self._stream.close()
@@ -106,10 +108,12 @@ class StreamOutput:
 
     def close(self) -> None:
         """After a failure: push out what was written (a JSON array stays unclosed)."""
+        if self._finished:
+            return
         try:
-            self._writer.flush()
+            self._writer.release()
             self._stream.flush()
-        except (OSError, ValueError):
+        except OSError:
             pass
         if self._owns:
             try:
@@ -131,6 +135,8 @@ class ResultFile:
                  columns: Sequence[str] = COLUMNS, flush_rows: int = 64):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if fmt == "parquet":
+            parquet_module()  # missing pyarrow is said now, not after the run
         self.target = Path(target)
         self.partial = self.target.with_name(self.target.name + PARTIAL_SUFFIX)
         self.fmt, self.mode, self.columns, self.flush_rows = fmt, mode, tuple(columns), flush_rows
@@ -280,13 +286,17 @@ class ResultFile:
             Path(f"{self.partial}{suffix}").unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Keep the rows so far (after a failure or an interrupt): commit and close."""
+        """Keep the rows so far (after a failure or an interrupt): commit and close. A
+        partial file without a row is removed: there is nothing to resume."""
         if self.store is not None:
             try:
+                empty = self.store.empty
                 self.store.close()
             except sqlite3.Error:
-                pass
+                empty = False
             self.store = None  # type: ignore[assignment]
+            if empty:
+                self._remove_partial()
 
     def __enter__(self) -> ResultFile:
         return self

@@ -98,6 +98,13 @@ def test_result_file_is_atomic_and_refuses_to_destroy(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
 
 
+def test_a_run_that_wrote_no_row_leaves_no_partial_file(tmp_path):
+    out = open_output(tmp_path / "out.csv")
+    list(out.inputs(["a.jpg"]))
+    out.close()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_two_runs_cannot_write_one_output(tmp_path):
     first = open_output(tmp_path / "out.csv")
     try:
@@ -152,7 +159,10 @@ def test_extra_columns_travel_with_rows(tmp_path):
         {"path": "a.jpg", "score": 1.0, "level": 0, "error": None, "label": 3.5, "split": "test"}]
     with pytest.raises(ValueError, match="score columns"):
         open_output(tmp_path / "y.csv", extra_columns=("score",))
-    ResultFile(tmp_path / "z.csv", "csv").close()  # a killed run without extra columns
+    killed = ResultFile(tmp_path / "z.csv", "csv")  # a killed run without extra columns
+    list(killed.inputs(["a.jpg"]))
+    killed.write(ScoreRow("a.jpg", 1.0, 0))
+    killed.close()
     with pytest.raises(OutputRefused, match=r"columns \['path', 'score', 'level', 'error'\]"):
         open_output(tmp_path / "z.csv", mode="resume", extra_columns=("label",))
 

@@ -190,3 +190,10 @@ def test_parquet_output(awkward, null_dir, tmp_path):
     assert out.exit_code == 1
     rows = list(read_rows(target, "parquet"))
     assert [Path(r["path"]).name for r in rows] == sorted(AWKWARD)
+
+
+def test_a_run_that_cannot_start_leaves_nothing_behind(awkward, null_dir, tmp_path):
+    out = _score(_good(awkward)[0], "--model", null_dir, "--backend", "null", "--batch", "64",
+                 "-o", tmp_path / "scores.csv")
+    assert out.exit_code == 2 and "outside the model's range" in out.stderr
+    assert list(tmp_path.iterdir()) == []
