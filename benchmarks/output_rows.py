@@ -75,7 +75,6 @@ def main() -> None:
 
     started = time.perf_counter()
     with open_output(target, mode="resume", flush_rows=args.batch) as out:
-        middle_import = None
         left = list(out.inputs(paths))
         middle_import = time.perf_counter()
         summary = out.finish()
