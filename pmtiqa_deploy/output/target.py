@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -137,11 +138,13 @@ class ResultFile:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if fmt == "parquet":
             parquet_module()  # missing pyarrow is said now, not after the run
-        self.target = Path(target)
+        # A link is followed: the file it names is replaced, and the link stays.
+        self.target = Path(os.path.realpath(target) if os.path.islink(target) else target)
         self.partial = self.target.with_name(self.target.name + PARTIAL_SUFFIX)
         self.fmt, self.mode, self.columns, self.flush_rows = fmt, mode, tuple(columns), flush_rows
         self.resumed = 0
         self.imported = 0  # rows read from a finished target to resume from it
+        self._lock = threading.Lock()  # write() may be called from any thread
         self._places: dict[str, deque[int]] = defaultdict(deque)
         self._next = 0
         self._pending = 0
@@ -220,28 +223,29 @@ class ResultFile:
         for path in paths:
             seq, self._next = self._next, self._next + 1
             key = os.fspath(path)
-            if self._lookup:
-                with self._errors(self.partial):
-                    claimed = self.store.claim(key, seq)
-                if claimed:
-                    self.resumed += 1
-                    self._count()
-                    continue
-            self._places[key].append(seq)
+            with self._lock:
+                if self._lookup:
+                    with self._errors(self.partial):
+                        claimed = self.store.claim(key, seq)
+                    if claimed:
+                        self.resumed += 1
+                        self._count()
+                        continue
+                self._places[key].append(seq)
             yield path
 
     def write(self, row: Any) -> None:
-        """Record one input's row (from any source; its path must have come out of
-        `inputs`)."""
+        """Record one input's row (from any source, any thread; its path must have come
+        out of `inputs`)."""
         record = _as_row(row)
         key = os.fspath(record["path"])
-        places = self._places.get(key)
-        if not places:
-            raise ValueError(f"a row for {key!r}, which is not an input waiting for one")
-        seq = places.popleft()
-        if not places:
-            del self._places[key]
-        with self._errors(self.partial):
+        with self._lock, self._errors(self.partial):
+            places = self._places.get(key)
+            if not places:
+                raise ValueError(f"a row for {key!r}, which is not an input waiting for one")
+            seq = places.popleft()
+            if not places:
+                del self._places[key]
             self.store.add(record, seq)
             self._count()
 
@@ -315,8 +319,12 @@ def _sync_folder(folder: Path) -> None:
 
 
 def is_stream(target: str | os.PathLike) -> bool:
-    """Whether `target` exists and is not a regular file (a device, pipe or socket), so
-    it is written as a stream, not replaced."""
+    """Whether `target` is written as a stream, not replaced: it exists and is not a
+    regular file (a device, pipe or socket), or it is a name under /dev or /proc such as
+    /dev/stdout (no file is ever created or replaced there; /dev/shm is a plain folder)."""
+    name = os.path.abspath(target)
+    if name.startswith(("/dev/", "/proc/")) and not name.startswith("/dev/shm/"):
+        return True
     try:
         mode = os.stat(target).st_mode
     except OSError:

@@ -13,6 +13,7 @@ from pmtiqa_deploy.output import (
     PartFolder,
     ResultFile,
     RowStore,
+    is_stream,
     open_output,
     quote_path,
     read_rows,
@@ -284,3 +285,33 @@ def test_a_json_output_cut_short_is_not_resumed_from(tmp_path):
     (tmp_path / "x.json").write_text('[\n  {"path": "a", "score": 1.0, "level": 0, "error": null},\n')
     with pytest.raises(OutputRefused, match="cut short"):
         open_output(tmp_path / "x.json", mode="resume")
+
+
+def test_a_linked_target_is_replaced_through_its_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "scores.csv").write_text("old\n")
+    (tmp_path / "scores.csv").symlink_to(tmp_path / "real" / "scores.csv")
+    with open_output(tmp_path / "scores.csv", mode="overwrite") as out:
+        list(out.inputs(["a.jpg"]))
+        out.write(ScoreRow("a.jpg", 1.0, 0))
+        out.finish()
+    assert (tmp_path / "scores.csv").is_symlink()
+    assert (tmp_path / "real" / "scores.csv").read_text() == "path,score,level,error\na.jpg,1.0,0,\n"
+
+
+def test_names_under_dev_and_proc_are_streams_never_replaced():
+    assert is_stream("/dev/stdout") and is_stream("/dev/full") and is_stream("/proc/self/fd/1")
+    assert is_stream("/dev/no-such-device")  # never created
+    assert not is_stream("/dev/shm/scores.csv") and not is_stream("scores.csv")
+
+
+def test_rows_may_come_from_many_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [f"{i:04d}.jpg" for i in range(400)]
+    with open_output(tmp_path / "out.jsonl", flush_rows=7) as out:
+        given = list(out.inputs(paths))
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda p: out.write(ScoreRow(p, float(p[:4]), 0)), given))
+        out.finish()
+    assert [r["path"] for r in read_rows(tmp_path / "out.jsonl", "jsonl")] == paths
