@@ -38,6 +38,9 @@ from pmtiqa_deploy.output.formats import COLUMNS, RowWriter, parquet_module, rea
 from pmtiqa_deploy.output.store import RowStore
 
 MODES = ("new", "overwrite", "resume")
+# A claim lost to a kill is only redone by the next resume, so claims are committed more
+# rarely than rows: this many claims weigh as much as one new row.
+CLAIMS_PER_ROW = 256
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -147,7 +150,7 @@ class ResultFile:
         self._lock = threading.Lock()  # write() may be called from any thread
         self._places: dict[str, deque[int]] = defaultdict(deque)
         self._next = 0
-        self._pending = 0
+        self._pending = 0.0
         self._refuse_to_destroy()
         self.store = self._open_store()
         self._lookup = not self.store.empty
@@ -229,7 +232,7 @@ class ResultFile:
                         claimed = self.store.claim(key, seq)
                     if claimed:
                         self.resumed += 1
-                        self._count()
+                        self._count(1 / CLAIMS_PER_ROW)
                         continue
                 self._places[key].append(seq)
             yield path
@@ -249,11 +252,11 @@ class ResultFile:
             self.store.add(record, seq)
             self._count()
 
-    def _count(self) -> None:
-        self._pending += 1
+    def _count(self, weight: float = 1.0) -> None:
+        self._pending += weight
         if self._pending >= self.flush_rows:
             self.store.commit()
-            self._pending = 0
+            self._pending = 0.0
 
     def finish(self) -> Summary:
         """Write the target in input order and replace the old one atomically."""
