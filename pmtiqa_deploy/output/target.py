@@ -151,16 +151,19 @@ class ResultFile:
         self._places: dict[str, deque[int]] = defaultdict(deque)
         self._next = 0
         self._pending = 0.0
-        self._refuse_to_destroy()
+        if not self.partial.exists():
+            self._refuse_to_destroy()  # before a partial file is made
         self.store = self._open_store()
         self._lookup = not self.store.empty
 
     # --- opening -------------------------------------------------------------------------
 
-    def _refuse_to_destroy(self) -> None:
+    def _refuse_to_destroy(self, store: RowStore | None = None) -> None:
+        """In mode "new": refuse a partial file that holds rows (`store`, once open; a run
+        killed before its first row left nothing to lose), else a target that exists."""
         if self.mode != "new":
             return
-        if self.partial.exists():
+        if store is not None and not store.empty:
             raise OutputRefused(f"{self.partial} holds the rows of an unfinished run into "
                                 f"{self.target}: pass --resume to continue it, or --overwrite "
                                 "to discard it and start over")
@@ -174,6 +177,31 @@ class ResultFile:
         if not folder.is_dir():
             raise OutputError(str(folder), "folder does not exist; create it first")
         had_partial = self.partial.exists()
+        try:
+            store = self._open_partial()
+        except BaseException:
+            if not had_partial:
+                self._remove_partial()
+            raise
+        try:
+            self._refuse_to_destroy(store)
+        except OutputRefused:
+            store.abandon()
+            raise
+        if self.mode == "resume" and not had_partial and self.target.is_file():
+            try:
+                with self._errors(self.partial):
+                    self.imported = store.add_all(read_rows(self.target, self.fmt))
+                    store.commit()
+            except (ValueError, KeyError, UnicodeDecodeError) as exc:
+                store.abandon()
+                self._remove_partial()
+                raise OutputRefused(f"cannot resume from {self.target}: it is not a {self.fmt} "
+                                    f"output of pmtiqa-score ({exc}); pass --format to name its "
+                                    "format, or --overwrite to replace it") from None
+        return store
+
+    def _open_partial(self) -> RowStore:
         with self._errors(self.partial):
             # Create it here, so a refusal by the file system (EACCES, EROFS, ENOSPC) comes
             # with its errno rather than SQLite's "unable to open database file".
@@ -194,17 +222,6 @@ class ResultFile:
                 store = RowStore(self.partial, self.columns, fresh=True)
             except ValueError as exc:
                 raise OutputRefused(str(exc)) from None
-        if self.mode == "resume" and not had_partial and self.target.is_file():
-            try:
-                with self._errors(self.partial):
-                    self.imported = store.add_all(read_rows(self.target, self.fmt))
-                    store.commit()
-            except (ValueError, KeyError, UnicodeDecodeError) as exc:
-                store.abandon()
-                self._remove_partial()
-                raise OutputRefused(f"cannot resume from {self.target}: it is not a {self.fmt} "
-                                    f"output of pmtiqa-score ({exc}); pass --format to name its "
-                                    "format, or --overwrite to replace it") from None
         return store
 
     @contextmanager

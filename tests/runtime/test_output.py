@@ -315,3 +315,13 @@ def test_rows_may_come_from_many_threads(tmp_path):
             list(pool.map(lambda p: out.write(ScoreRow(p, float(p[:4]), 0)), given))
         out.finish()
     assert [r["path"] for r in read_rows(tmp_path / "out.jsonl", "jsonl")] == paths
+
+
+def test_a_partial_file_without_rows_is_not_in_the_way(tmp_path):
+    """A run killed before its first row leaves a partial file with nothing to resume."""
+    (tmp_path / "out.csv.partial").write_bytes(b"")
+    with open_output(tmp_path / "out.csv") as out:
+        for path in out.inputs(["a.jpg"]):
+            out.write(ScoreRow(path, 1.0, 0))
+        out.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
