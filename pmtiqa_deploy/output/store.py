@@ -24,6 +24,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from pmtiqa_deploy.errors import OutputRefused
 from pmtiqa_deploy.output.names import quote_path, unquote_path
 
 SCHEMA = 1
@@ -158,9 +159,16 @@ class RowStore:
 def stored_paths(path: str | os.PathLike) -> Iterator[str]:
     """The paths (unquoted) that have a row in the store at `path`, read without taking
     the writer's lock: a store a run is writing now is refused as "database is locked"."""
-    db = sqlite3.connect(os.fspath(path), timeout=1.0)
+    db = sqlite3.connect(os.fspath(path), timeout=0.2)
     try:
-        for (quoted,) in db.execute("SELECT path FROM rows"):
+        try:
+            cursor = db.execute("SELECT path FROM rows")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                raise OutputRefused(f"{path} is being written by a run now; read it when that "
+                                    "run has finished or stopped") from None
+            raise
+        for (quoted,) in cursor:
             yield unquote_path(quoted)
     finally:
         db.close()

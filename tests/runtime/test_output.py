@@ -174,6 +174,8 @@ def test_recorded_paths_from_partial_and_finished(tmp_path):
     out = open_output(target)
     list(out.inputs(["a.jpg", odd]))
     out.write(ScoreRow(odd, 1.0, 0))
+    with pytest.raises(OutputRefused, match="being written by a run now"):
+        recorded_paths(target)
     out.close()
     assert recorded_paths(target) == {odd}
     with open_output(target, mode="resume") as out:
