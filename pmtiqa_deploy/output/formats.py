@@ -7,7 +7,7 @@ so a name that is not UTF-8 survives a round trip in every format.
 
 - csv: a header line, then one line a row; an empty field for None (a scored row's
   error, an error row's score and level).
-- jsonl: one JSON object a line, None as null.
+- jsonl: one JSON object a line, None (and NaN) as null: strict JSON.
 - json: an array of those objects, one a line.
 - parquet (needs pyarrow: `pip install 'pmtiqa-deploy[parquet]'`): one file, written in
   row groups of `PARQUET_GROUP` rows; score float64, level int64, path and error strings.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -79,8 +80,10 @@ class RowWriter:
             values["path"] = quote_path(row["path"])
             if self.fmt == "csv":
                 self._csv.writerow(["" if values[c] is None else values[c] for c in self.columns])
-            else:
-                line = json.dumps(values, ensure_ascii=False)
+            else:  # strict JSON: a missing number (NaN, as pandas gives) is null
+                values = {c: None if isinstance(v, float) and not math.isfinite(v) else v
+                          for c, v in values.items()}
+                line = json.dumps(values, ensure_ascii=False, allow_nan=False)
                 if self.fmt == "json":
                     line = ("\n  " if self.count == 0 else ",\n  ") + line
                 else:

@@ -160,6 +160,11 @@ def test_extra_columns_travel_with_rows(tmp_path):
         {"path": "a.jpg", "score": 1.0, "level": 0, "error": None, "label": 3.5, "split": "test"}]
     with pytest.raises(ValueError, match="score columns"):
         open_output(tmp_path / "y.csv", extra_columns=("score",))
+    with open_output(tmp_path / "nan.jsonl", extra_columns=("label",)) as out:  # pandas' missing value
+        list(out.inputs(["a.jpg"]))
+        out.write({"path": "a.jpg", "score": 1.0, "level": 0, "error": None, "label": float("nan")})
+        out.finish()
+    assert json.loads((tmp_path / "nan.jsonl").read_text())["label"] is None
     killed = ResultFile(tmp_path / "z.csv", "csv")  # a killed run without extra columns
     list(killed.inputs(["a.jpg"]))
     killed.write(ScoreRow("a.jpg", 1.0, 0))
