@@ -134,7 +134,9 @@ def spread(items: Sequence[Any], limit: int | None) -> list[Any]:
 def images_from_folder(folder: str | os.PathLike, limit: int | None = None) -> BenchImages:
     """The image files under `folder`, with MOS labels when it holds a manifest.csv."""
     root = Path(folder)
-    paths = spread(list(walk_images(root)), limit)
+    # walk_images also yields broken links and unlistable folders (scoring gives them an
+    # error row); a benchmark times readable files only, as before.
+    paths = spread([p for p in walk_images(root) if p.is_file()], limit)
     if not paths:
         raise DatasetError(f"{root} holds no image files")
     mos = None
