@@ -2,11 +2,12 @@
 
 Linux allows any bytes but `/` and NUL in a name, and names from other systems are often
 not valid UTF-8; CSV, JSON and Parquet hold text. The scheme is git's quoted paths (as
-`git ls-files` prints them with core.quotePath=false):
+`git ls-files` prints them with core.quotePath=false), quoting a few more names so that
+every written path is also one line of a list file:
 
 - a path whose bytes are valid UTF-8, with no control character (U+0000-U+001F, U+007F),
-  not starting with `"` or `#` and neither starting nor ending with white space, is
-  written as it is (the last two keep it one line of a list file, as it reads back);
+  not starting with `"` (a quoted path) or `#` (a list file's comment) and neither
+  starting nor ending with white space (list lines are stripped), is written as it is;
 - any other path is written between double quotes, with `\\"` and `\\\\` for a quote and a
   backslash, `\\a \\b \\t \\n \\v \\f \\r` for those controls, and three octal digits
   (`\\377`) for any other control byte and every byte that is not part of valid UTF-8;
