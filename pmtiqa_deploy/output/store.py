@@ -167,6 +167,8 @@ def stored_paths(path: str | os.PathLike) -> Iterator[str]:
             if getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
                 raise OutputRefused(f"{path} is being written by a run now; read it when that "
                                     "run has finished or stopped") from None
+            if "no such table" in str(exc):  # a run killed before it made its tables
+                return
             raise
         for (quoted,) in cursor:
             yield unquote_path(quoted)

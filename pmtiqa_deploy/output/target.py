@@ -28,7 +28,7 @@ import stat
 import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -181,7 +181,8 @@ class ResultFile:
             store = self._open_partial()
         except BaseException:
             if not had_partial:
-                self._remove_partial()
+                with suppress(OSError):  # the file system that refused it may refuse this too
+                    self._remove_partial()
             raise
         try:
             self._refuse_to_destroy(store)
