@@ -138,8 +138,10 @@ def score_command(paths, model_dir, server, list_files, backend, precision, batc
             scorer = Scorer.open(model_dir, backend, batch_size=batch_size, workers=workers, pad=pad,
                                  precision=precision, device=device, threads=threads,
                                  checkpoint=checkpoint)
-    except (PmtIqaError, ValueError) as exc:
+    except BaseException as exc:  # nothing scored: an unused partial file goes too
         sink.close()
+        if not isinstance(exc, (PmtIqaError, ValueError)):
+            raise
         needs_checkpoint = backend == "torch" and checkpoint is None and "checkpoint" in str(exc)
         _fail(f"{exc}{'; pass --checkpoint DIR' if needs_checkpoint else ''}")
     sink.flush_rows = scorer.batch_size  # rows are committed a batch at a time

@@ -296,7 +296,7 @@ def score_row(path: str, score: float | None, error: str | None, spec: ModelSpec
 def _error_text(exc: BaseException, path: str) -> str:
     """The exception's message without a leading copy of the path (the row has it), or
     what the path is when that explains the failure (a broken link, a folder)."""
-    if isinstance(exc, (DecodeError, OSError)):
+    if isinstance(exc, (DecodeError, OSError)) and path != "<bytes>":  # bytes: a server's request
         reason = unreadable_reason(path)
         if reason is not None:
             return f"cannot read file: {reason}"

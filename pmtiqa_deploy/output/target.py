@@ -72,16 +72,18 @@ def _sqlite_cause(exc: sqlite3.Error) -> str:
 
 
 class StreamOutput:
-    """Rows written straight to a binary stream (stdout, a pipe, a device)."""
+    """Rows written straight to a binary stream (stdout, a pipe, a device). Nothing is
+    written (not even a CSV header) before the first row or `finish`, so a run that
+    cannot start leaves stdout empty."""
 
     def __init__(self, stream: IO[bytes], name: str, fmt: str, columns: Sequence[str] = COLUMNS,
                  flush_rows: int = 64, *, owns_stream: bool = False):
         self.name, self.flush_rows, self.resumed = name, flush_rows, 0
+        self.fmt, self.columns = fmt, tuple(columns)
         self._stream, self._owns = stream, owns_stream
-        self._failed = 0
+        self._writer: RowWriter | None = None
+        self._count = self._failed = 0
         self._finished = False
-        with self._errors():
-            self._writer = RowWriter(stream, fmt, columns)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -90,32 +92,40 @@ class StreamOutput:
         except OSError as exc:
             raise OutputError(self.name, exc.strerror or str(exc)) from None
 
+    def _started(self) -> RowWriter:
+        if self._writer is None:
+            self._writer = RowWriter(self._stream, self.fmt, self.columns)
+        return self._writer
+
     def inputs(self, paths: Iterable[Any]) -> Iterator[Any]:
         return iter(paths)
 
     def write(self, row: Any) -> None:
         record = _as_row(row)
         with self._errors():
-            self._writer.write(record)
+            writer = self._started()
+            writer.write(record)
+            self._count += 1
             self._failed += record.get("error") is not None
-            if self._writer.count % self.flush_rows == 0:
-                self._writer.flush()
+            if self._count % self.flush_rows == 0:
+                writer.flush()
 
     def finish(self) -> Summary:
         with self._errors():
-            self._writer.close()
+            self._started().close()
             self._finished = True
             self._stream.flush()
             if self._owns:
                 self._stream.close()
-        return Summary(self._writer.count, self._failed)
+        return Summary(self._count, self._failed)
 
     def close(self) -> None:
         """After a failure: push out what was written (a JSON array stays unclosed)."""
         if self._finished:
             return
         try:
-            self._writer.release()
+            if self._writer is not None:
+                self._writer.release()
             self._stream.flush()
         except OSError:
             pass
