@@ -197,3 +197,5 @@ def test_a_run_that_cannot_start_leaves_nothing_behind(awkward, null_dir, tmp_pa
                  "-o", tmp_path / "scores.csv")
     assert out.exit_code == 2 and "outside the model's range" in out.stderr
     assert list(tmp_path.iterdir()) == []
+    to_stdout = _score(_good(awkward)[0], "--model", null_dir, "--backend", "null", "--batch", "64")
+    assert to_stdout.exit_code == 2 and to_stdout.stdout == ""  # not even a CSV header
