@@ -7,16 +7,22 @@ units, direction, quality levels), and which files it describes (hashes, opset,
 TensorRT version and GPU). Nothing is hidden in the model files themselves.
 
 Loading is strict: an unknown key, a missing key, a wrong type or a newer major schema
-version is a `SpecError` that names the key.
+version is a `SpecError` that names the key and the file. Every key is required except the
+few listed, with their defaults, in `spec_defaults.json` beside this module (the C++ reader
+compiles in the same file). The dataclass defaults below are for building a spec in code;
+they never fill a gap in a file.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import types
 import typing
@@ -30,6 +36,7 @@ from pmtiqa_deploy.errors import SpecError
 
 SCHEMA_VERSION = "1.0"
 SPEC_FILENAME = "model.json"
+DEFAULTS_FILE = Path(__file__).with_name("spec_defaults.json")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -245,10 +252,18 @@ class ModelSpec:
         return _from_jsonable(cls, data, "spec")
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the spec as JSON (atomically); a directory gets `model.json` inside it."""
+        """Write the spec as JSON (atomically): into an existing folder as `model.json`, or
+        to a `.json` path whose folder exists. Folders are never created here, so a typo
+        in the destination is an error rather than a spec written somewhere unexpected."""
         path = Path(path)
         if path.is_dir():
             path = path / SPEC_FILENAME
+        elif path.suffix.lower() != ".json":
+            raise SpecError(f"cannot save the spec to {path}: it is not an existing folder "
+                            f"(create it first) nor a .json file path")
+        elif not path.parent.is_dir():
+            raise SpecError(f"cannot save the spec to {path}: folder {path.parent} does not "
+                            "exist; create it first")
         atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
         return path
 
@@ -265,7 +280,10 @@ class ModelSpec:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise SpecError(f"{path} is not valid JSON ({exc}); re-export the model") from exc
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except SpecError as exc:
+            raise SpecError(f"{path}: {exc}") from None
 
     def verify_artifact(self, directory: str | os.PathLike, artifact: Artifact) -> Path:
         """The artifact's path, after checking that the file exists and matches its hash."""
@@ -335,6 +353,24 @@ def _umask() -> int:
     return 0o022
 
 
+@functools.cache
+def spec_defaults() -> dict[str, Any]:
+    """spec_defaults.json's table: optional key path ("outputs[].meaning") -> default."""
+    return json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))["optional"]
+
+
+def optional_keys(where: str) -> dict[str, Any]:
+    """The keys the object at `where` ("spec.outputs[1]") may leave out, with their
+    defaults (deep copies: a default is never shared between specs)."""
+    prefix = re.sub(r"\[\d+\]", "[]", where).removeprefix("spec").lstrip(".")
+    found = {}
+    for path, default in spec_defaults().items():
+        parent, _, key = path.rpartition(".")
+        if parent == prefix:
+            found[key] = copy.deepcopy(default)
+    return found
+
+
 def _to_jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
         return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -357,11 +393,12 @@ def _from_jsonable(kind: Any, data: Any, where: str) -> Any:
         if unknown:
             raise SpecError(f"{where}: unknown key(s) {unknown}; this spec was written by a "
                             "different pmtiqa-deploy version or edited by hand")
-        required = {f.name for f in dataclasses.fields(kind)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-        missing = sorted(required - set(data))
+        defaults = optional_keys(where)
+        missing = sorted(names - set(data) - set(defaults))
         if missing:
-            raise SpecError(f"{where}: missing key(s) {missing}")
+            raise SpecError(f"{where}: missing key(s) {missing} (schema {SCHEMA_VERSION} requires "
+                            "them); re-export the model with pmtiqa-export")
+        data = {**{k: v for k, v in defaults.items() if k in names}, **data}
         values = {k: _from_jsonable(hints[k], v, f"{where}.{k}") for k, v in data.items()}
         try:
             return kind(**values)

@@ -98,7 +98,7 @@ command = getattr(importlib.import_module(module), attr)
 out = io.StringIO()
 with contextlib.redirect_stdout(out):
     try:
-        command(["--help"], prog_name={name!r})
+        command([{flag!r}], prog_name={name!r})
         code = 0
     except SystemExit as exc:
         code = exc.code
@@ -116,7 +116,8 @@ def test_console_script_help_runs_without_torch(name):
     module = target.split(":")[0]
     if importlib.util.find_spec(module.rsplit(".", 1)[0]) is not None and importlib.util.find_spec(module) is None:
         pytest.fail(f"{name} points at {target}, but {module} does not exist")
-    result = _run(HELP.format(target=target, name=name))
-    assert result["code"] == 0, result["help"]
-    assert f"Usage: {name}" in result["help"]
-    assert not result["torch"], f"{name} --help imported torch"
+    for flag in ("--help", "-h"):
+        result = _run(HELP.format(target=target, name=name, flag=flag))
+        assert result["code"] == 0, f"{name} {flag}: {result['help']}"
+        assert f"Usage: {name}" in result["help"]
+        assert not result["torch"], f"{name} {flag} imported torch"

@@ -19,7 +19,7 @@ DATASET_NAMES = ("builtin", "csv", "livec", "koniq", "kadid", "bid", "live", "cs
 MISSING_SHOWN = 10
 
 
-@click.group(name="pmtiqa-data")
+@click.group(name="pmtiqa-data", context_settings={"help_option_names": ["-h", "--help"]})
 def data_command() -> None:
     """Inspect IQA datasets and build the built-in offline dataset."""
 

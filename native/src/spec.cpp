@@ -1,19 +1,28 @@
-// Strict model.json reading, mirroring pmtiqa_deploy/spec.py key for key: the same
-// required keys and defaults, the same type rules (an int is a JSON integer, a float any
-// JSON number, never a bool), the same checks of combinations, the same schema rule.
+// Strict model.json reading, mirroring pmtiqa_deploy/spec.py key for key: every key
+// required except those pmtiqa_deploy/spec_defaults.json lists (compiled in as
+// spec_defaults.h), the same type rules (an int is a JSON integer, a float any JSON
+// number, never a bool), the same checks of combinations, the same schema rule. Artifact
+// hashes are checked with OpenSSL's libcrypto (EVP), as Python checks them with hashlib.
 #include "spec.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <memory>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <sys/stat.h>
+#include <vector>
 
 #include <nlohmann/json.hpp>
+#include <openssl/evp.h>
 
 #include "error.h"
-#include "sha256.h"
+#include "spec_defaults.h"
 
 namespace pmtiqa {
 namespace {
@@ -38,12 +47,28 @@ std::string join(const std::vector<std::string>& items) {
     return out + "]";
 }
 
-// One JSON object read field by field: unknown and missing keys are rejected up front.
+// spec_defaults.json's optional keys for the object at `where` ("spec.outputs[1]" looks
+// up "outputs[].<key>"), with their defaults.
+std::map<std::string, json> optional_keys(const std::string& where) {
+    static const json table = json::parse(kSpecDefaultsJson).at("optional");
+    std::string prefix = std::regex_replace(where, std::regex(R"(\[\d+\])"), "[]");
+    prefix = prefix == "spec" ? "" : prefix.substr(prefix.rfind("spec.", 0) == 0 ? 5 : 0);
+    std::map<std::string, json> found;
+    for (auto it = table.begin(); it != table.end(); ++it) {
+        const std::string& path = it.key();
+        size_t dot = path.rfind('.');
+        std::string parent = dot == std::string::npos ? "" : path.substr(0, dot);
+        if (parent == prefix) found[path.substr(dot == std::string::npos ? 0 : dot + 1)] = it.value();
+    }
+    return found;
+}
+
+// One JSON object read field by field: unknown keys and missing keys (all but the
+// optional ones, which read as their defaults) are rejected up front.
 class Fields {
 public:
-    Fields(const json& data, std::string where, std::initializer_list<const char*> known,
-           std::initializer_list<const char*> required = {})
-        : data_(data), where_(std::move(where)) {
+    Fields(const json& data, std::string where, std::initializer_list<const char*> known)
+        : data_(data), where_(std::move(where)), defaults_(optional_keys(where_)) {
         if (!data.is_object()) spec_error(where_ + ": expected an object, got " + type_name(data));
         std::set<std::string> names(known.begin(), known.end());
         std::vector<std::string> unknown, missing;
@@ -52,14 +77,18 @@ public:
         if (!unknown.empty())
             spec_error(where_ + ": unknown key(s) " + join(unknown) + "; this spec was written by a "
                        "different pmtiqa-deploy version or edited by hand");
-        for (const char* name : required)
-            if (!data.contains(name)) missing.push_back(name);
-        if (!missing.empty()) spec_error(where_ + ": missing key(s) " + join(missing));
+        for (const std::string& name : names)
+            if (!data.contains(name) && !defaults_.count(name)) missing.push_back(name);
+        if (!missing.empty())
+            spec_error(where_ + ": missing key(s) " + join(missing) + " (schema " + kSchemaVersion +
+                       " requires them); re-export the model with pmtiqa-export");
     }
 
     const json* get(const char* key) const {
         auto it = data_.find(key);
-        return it == data_.end() ? nullptr : &*it;
+        if (it != data_.end()) return &*it;
+        auto fallback = defaults_.find(key);
+        return fallback == defaults_.end() ? nullptr : &fallback->second;
     }
     std::string at(const char* key) const { return where_ + "." + key; }
 
@@ -116,6 +145,7 @@ public:
 private:
     const json& data_;
     std::string where_;
+    std::map<std::string, json> defaults_;
 };
 
 bool one_of(const std::string& value, std::initializer_list<const char*> options) {
@@ -125,8 +155,7 @@ bool one_of(const std::string& value, std::initializer_list<const char*> options
 std::string repr(const std::string& value) { return "'" + value + "'"; }
 
 ScoreSpec parse_score(const json& data, const std::string& where) {
-    Fields f(data, where, {"min", "max", "units", "higher_is_better", "num_levels", "level_width", "dataset"},
-             {"min", "max"});
+    Fields f(data, where, {"min", "max", "units", "higher_is_better", "num_levels", "level_width", "dataset"});
     ScoreSpec s;
     f.number("min", s.min);
     f.number("max", s.max);
@@ -216,7 +245,7 @@ InputSpec parse_input(const json& data, const std::string& where) {
 }
 
 OutputSpec parse_output(const json& data, const std::string& where) {
-    Fields f(data, where, {"name", "dtype", "shape", "meaning"}, {"name", "dtype", "shape"});
+    Fields f(data, where, {"name", "dtype", "shape", "meaning"});
     OutputSpec o;
     f.string("name", o.name);
     f.string("dtype", o.dtype);
@@ -234,8 +263,7 @@ OutputSpec parse_output(const json& data, const std::string& where) {
 
 Artifact parse_artifact(const json& data, const std::string& where) {
     Fields f(data, where, {"file", "format", "precision", "sha256", "opset", "tensorrt_version",
-                           "compute_capability", "version_compatible"},
-             {"file", "format", "precision", "sha256"});
+                           "compute_capability", "version_compatible"});
     Artifact a;
     f.string("file", a.file);
     f.string("format", a.format);
@@ -304,21 +332,16 @@ size_t ModelSpec::input_elements_per_image() const {
            static_cast<size_t>(preprocess.crop_size);
 }
 
-ModelSpec parse_spec(const std::string& text, const std::string& where) {
-    json data;
-    try {
-        data = json::parse(text);
-    } catch (const json::exception& exc) {
-        spec_error(where + " is not valid JSON (" + exc.what() + "); re-export the model");
-    }
+namespace {
+
+ModelSpec parse_document(const json& data) {
     if (data.is_object() && data.contains("schema_version")) check_schema_version(data["schema_version"]);
     Fields f(data, "spec", {"score", "preprocess", "input", "outputs", "backbone", "checkpoint_sha256",
-                            "artifacts", "producer", "schema_version"},
-             {"score"});
+                            "artifacts", "producer", "schema_version"});
     ModelSpec spec;
     spec.score = parse_score(*f.get("score"), "spec.score");
-    if (const json* v = f.get("preprocess")) spec.preprocess = parse_preprocess(*v, "spec.preprocess");
-    if (const json* v = f.get("input")) spec.input = parse_input(*v, "spec.input");
+    spec.preprocess = parse_preprocess(*f.get("preprocess"), "spec.preprocess");
+    spec.input = parse_input(*f.get("input"), "spec.input");
     auto list = [&](const char* key) -> const json* {
         const json* v = f.get(key);
         if (v && !v->is_array()) spec_error(f.at(key) + ": expected a list, got " + type_name(*v));
@@ -348,6 +371,23 @@ ModelSpec parse_spec(const std::string& text, const std::string& where) {
     return spec;
 }
 
+}  // namespace
+
+ModelSpec parse_spec(const std::string& text, const std::string& where) {
+    json data;
+    try {
+        data = json::parse(text);
+    } catch (const json::exception& exc) {
+        spec_error(where + " is not valid JSON (" + exc.what() + "); re-export the model");
+    }
+    try {
+        return parse_document(data);
+    } catch (const Error& exc) {
+        if (exc.status() != PMTIQA_ERROR_SPEC) throw;
+        spec_error(where + ": " + exc.what());  // as ModelSpec.load: the file, then the key
+    }
+}
+
 ModelSpec load_spec(const std::string& path) {
     std::string file = is_directory(path) ? path + "/" + kSpecFilename : path;
     if (!is_regular_file(file))
@@ -358,6 +398,28 @@ ModelSpec load_spec(const std::string& path) {
     text << in.rdbuf();
     if (!in.good() && !in.eof()) fail(PMTIQA_ERROR_IO, "cannot read " + file);
     return parse_spec(text.str(), file);
+}
+
+std::string sha256_file(const std::string& path) {
+    std::unique_ptr<FILE, int (*)(FILE*)> file(std::fopen(path.c_str(), "rb"), &std::fclose);
+    if (!file) fail(PMTIQA_ERROR_IO, "cannot open " + path + " (" + std::strerror(errno) + ")");
+    std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> context(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+    if (!context || EVP_DigestInit_ex(context.get(), EVP_sha256(), nullptr) != 1)
+        fail(PMTIQA_ERROR_INTERNAL, "OpenSSL could not start a SHA-256 digest");
+    std::vector<unsigned char> chunk(1 << 20);
+    size_t got;
+    while ((got = std::fread(chunk.data(), 1, chunk.size(), file.get())) > 0)
+        if (EVP_DigestUpdate(context.get(), chunk.data(), got) != 1)
+            fail(PMTIQA_ERROR_INTERNAL, "OpenSSL's SHA-256 failed on " + path);
+    if (std::ferror(file.get())) fail(PMTIQA_ERROR_IO, "cannot read " + path);
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int size = 0;
+    if (EVP_DigestFinal_ex(context.get(), digest, &size) != 1)
+        fail(PMTIQA_ERROR_INTERNAL, "OpenSSL's SHA-256 failed on " + path);
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (unsigned int i = 0; i < size; ++i) out += {hex[digest[i] >> 4], hex[digest[i] & 0xf]};
+    return out;
 }
 
 std::string verify_artifact(const std::string& directory, const Artifact& artifact, bool check_hash) {

@@ -1,6 +1,8 @@
 // model.json in C++: the same contract and the same strictness as pmtiqa_deploy/spec.py.
-// An unknown key, a missing required key, a wrong type, an invalid combination or a newer
-// major schema version is a PMTIQA_ERROR_SPEC naming the key.
+// An unknown key, a missing key (all are required but those pmtiqa_deploy/spec_defaults.json
+// lists), a wrong type, an invalid combination or a newer major schema version is a
+// PMTIQA_ERROR_SPEC naming the file and the key. The struct defaults below are for building
+// a spec in code; they never fill a gap in a file.
 #pragma once
 
 #include <array>
@@ -84,6 +86,9 @@ struct ModelSpec {
 ModelSpec parse_spec(const std::string& text, const std::string& where);
 // Read `directory`/model.json (or a path to the JSON file itself).
 ModelSpec load_spec(const std::string& path);
+// The SHA-256 of a file's bytes as lower-case hex (OpenSSL EVP); PMTIQA_ERROR_IO when it
+// cannot be read.
+std::string sha256_file(const std::string& path);
 // The path of an artifact after checking the file exists and (if asked) its sha256.
 std::string verify_artifact(const std::string& directory, const Artifact& artifact, bool check_hash);
 

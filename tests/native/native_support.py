@@ -2,9 +2,10 @@
 dirs, photos written as image files of every kind the decoder meets, the test model's
 checkpoint and export, the Python runtime's scores, and running the ABI check driver.
 
-Toolchain policy: without cmake, a C/C++ compiler, OpenCV's development files or
-nlohmann-json, the tests skip with the reason printed; in CI (CI=true), where .ci/run
-installs them, a missing toolchain fails instead, so a broken install cannot pass quietly.
+Toolchain policy: without cmake, a C/C++ compiler, or the development files of OpenCV,
+nlohmann-json or OpenSSL (libssl-dev), the tests skip with the reason printed; in CI (CI=true),
+where .ci/run installs them, a missing toolchain fails instead, so a broken install cannot
+pass quietly.
 
 The model: a resnet18 PMT-IQA whose BatchNorm statistics come from the photos' crops
 and whose regression head is rescaled (an exact affine map of every score) so the
@@ -31,13 +32,13 @@ CROPS = 3  # a 1x3 grid on landscape images, 3x1 on portrait ones
 MISSING_MARKERS = ("Could not find a package configuration file provided by \"OpenCV\"",
                    "Could not find a package configuration file provided by \"nlohmann_json\"",
                    "No CMAKE_CXX_COMPILER could be found", "No CMAKE_C_COMPILER could be found",
-                   "Could NOT find OpenCV", "Could NOT find nlohmann_json")
+                   "Could NOT find OpenCV", "Could NOT find nlohmann_json", "Could NOT find OpenSSL")
 
 
 def toolchain_missing(reason: str):
     """Skip, or in CI fail: .ci/run installs the native toolchain there."""
     message = (f"native toolchain missing: {reason}; install with: apt-get install -y "
-               "--no-install-recommends cmake g++ libopencv-dev nlohmann-json3-dev")
+               "--no-install-recommends cmake g++ libopencv-dev nlohmann-json3-dev libssl-dev")
     if IN_CI:
         pytest.fail(message + " (CI=true: the native library must be built)")
     pytest.skip(message)

@@ -2,8 +2,8 @@
 (the reference preprocessing + ONNX Runtime) on the same exported model.onnx: scores
 within 1e-3 MOS and SRCC >= 0.9999 for files of every kind (through
 examples/score_images) and raw buffers of every pixel format (through ctypes); the
-spec is read as strictly as pmtiqa_deploy.spec reads it; errors are statuses with
-messages, per thread. Fixtures (the CMake build, photos, the export) are in conftest.py.
+spec is read as pmtiqa_deploy.spec reads it, case for case (tests/spec_cases.json); errors
+are statuses with messages, per thread. Fixtures (the CMake build, photos, the export) are in conftest.py.
 """
 
 from __future__ import annotations
@@ -138,81 +138,65 @@ def test_uint8_graph_with_normalisation_inside_runs_on_opencv(native_build, mode
     assert worst <= TOLERANCE
 
 
-def _spec_variant(model_dir: Path, tmp_path: Path, name: str, change) -> Path:
-    folder = tmp_path / name
-    folder.mkdir()
-    (folder / "model.onnx").symlink_to(model_dir / "model.onnx")
-    data = json.loads((model_dir / "model.json").read_text())
-    text = change(data)
-    (folder / "model.json").write_text(text if isinstance(text, str) else json.dumps(data))
-    return folder
+CASES = json.loads((Path(__file__).parents[1] / "spec_cases.json").read_text())
 
 
-def _set(path: str, value):
-    def change(data):
-        *parents, key = path.split(".")
-        node = data
-        for part in parents:
-            node = node[int(part)] if part.isdigit() else node[part]
-        if value is _DELETE:
-            del node[int(key) if key.isdigit() else key]
-        else:
-            node[int(key) if key.isdigit() else key] = value
-    return change
+@pytest.fixture(scope="module")
+def case_files(tmp_path_factory) -> dict[str, Path]:
+    """Each case of tests/spec_cases.json as model.json in a folder of its own."""
+    import jsonpatch
+
+    root = tmp_path_factory.mktemp("spec-cases")
+    files = {}
+    for number, case in enumerate(CASES["cases"]):
+        folder = root / f"case{number}"
+        folder.mkdir()
+        text = case["text"] if "text" in case else json.dumps(jsonpatch.apply_patch(CASES["base"], case["patch"]))
+        (folder / "model.json").write_text(text)
+        files[case["case"]] = folder / "model.json"
+    return files
 
 
-_DELETE = object()
-# (case, change, accepted, a word the C message must contain)
-SPEC_CASES = [
-    ("unknown top-level key", _set("gamma", 1.0), False, "gamma"),
-    ("unknown nested key", _set("preprocess.gamma", 2.2), False, "spec.preprocess"),
-    ("newer schema major", _set("schema_version", "2.0"), False, "newer"),
-    ("older schema major", _set("schema_version", "0.9"), False, "older"),
-    ("schema not a version", _set("schema_version", "one"), False, "MAJOR.MINOR"),
-    ("missing score", _set("score", _DELETE), False, "score"),
-    ("missing artifact hash", _set("artifacts.0.sha256", _DELETE), False, "sha256"),
-    ("int as string", _set("preprocess.crop_count", "3"), False, "crop_count"),
-    ("bool as int", _set("score.higher_is_better", 1), False, "higher_is_better"),
-    ("float where int", _set("input.batch_max", 8.0), False, "batch_max"),
-    ("bool where float", _set("score.min", False), False, "score.min"),
-    ("uint8 input with BNCHW", _set("input.dtype", "uint8"), False, "BNHWC"),
-    ("levels disagree with range", _set("score.num_levels", 11), False, "num_levels"),
-    ("fixed resize without size", _set("preprocess.resize", "fixed"), False, "width and height"),
-    ("shorter_side without its mode", _set("preprocess.shorter_side", 256), False, "shorter_side"),
-    ("batch range inverted", _set("input.batch_min", 9), False, "batch range"),
-    ("two means", _set("preprocess.mean", [0.5, 0.5]), False, "mean"),
-    ("unknown artifact format", _set("artifacts.0.format", "tflite"), False, "format"),
-    ("producer value not a string", _set("producer.torch", 2), False, "producer"),
-    ("shape entry a bool", _set("outputs.0.shape", [True]), False, "shape"),
-    ("not JSON", lambda data: "{", False, "not valid JSON"),
-    ("a list, not an object", lambda data: "[]", False, "expected an object"),
-    ("newer schema minor", _set("schema_version", "1.7"), True, ""),
-    ("outputs left to their defaults", _set("outputs", _DELETE), True, ""),
-    ("integer score range", _set("score.max", 100), True, ""),
-    ("optional fields absent", _set("preprocess.width", _DELETE), True, ""),
-]
+@pytest.fixture(scope="module")
+def cpp_reading(native_build, case_files) -> dict[str, dict]:
+    """What the C++ reader makes of every case file (native/tests/spec_dump.cpp)."""
+    done = subprocess.run([str(native_build / "pmtiqa_spec_dump"), *map(str, case_files.values())],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    return {case: line for case, line in zip(case_files, lines)}
 
 
-@pytest.mark.parametrize("case,change,accepted,word", SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
-def test_spec_is_read_as_strictly_as_python_reads_it(library, model_dir, tmp_path, case, change, accepted, word):
-    from pmtiqa_deploy.errors import SpecError
+def _comparable(spec: dict) -> dict:
+    """Output shapes as text (C++ keeps 10 and "B" alike as strings)."""
+    return {**spec, "outputs": [{**o, "shape": [str(d) for d in o["shape"]]} for o in spec["outputs"]]}
+
+
+@pytest.mark.parametrize("case", CASES["cases"], ids=[c["case"] for c in CASES["cases"]])
+def test_spec_cases_read_as_python_reads_them(library, case_files, cpp_reading, case):
+    """The table tests/runtime/test_spec.py runs too: a rejected spec fails pmtiqa_open
+    with PMTIQA_ERROR_SPEC and a message naming the file and the key; an accepted one
+    reads to the very values Python reads, optional keys' defaults included."""
     from pmtiqa_deploy.spec import ModelSpec
 
-    folder = _spec_variant(model_dir, tmp_path, "variant", change)
-    try:
-        ModelSpec.load(folder)
-        python_accepts = True
-    except SpecError:
-        python_accepts = False
-    status, message = open_status(library, folder, backend=BACKEND_CPU)
-    assert python_accepts == accepted, f"Python {'accepts' if python_accepts else 'rejects'} {case}"
-    assert (status == OK) == accepted, f"C: {status} {message}"
-    if not accepted:
-        assert status == SPEC and word in message, message
+    path = case_files[case["case"]]
+    if case.get("accepted"):
+        assert "spec" in cpp_reading[case["case"]], cpp_reading[case["case"]]
+        assert cpp_reading[case["case"]]["spec"] == _comparable(ModelSpec.load(path).to_dict())
+        return
+    status, message = open_status(library, path.parent, backend=BACKEND_CPU)
+    assert status == SPEC, (status, message)
+    assert str(path) in message and all(word in message for word in case["rejected"]), message
 
 
 def test_model_file_must_match_its_hash_unless_told_not_to_check(library, model_dir, tmp_path):
-    folder = _spec_variant(model_dir, tmp_path, "tampered", _set("artifacts.0.sha256", "0" * 64))
+    """The hash is OpenSSL's SHA-256 (libcrypto's EVP interface), as hashlib's in Python."""
+    folder = tmp_path / "tampered"
+    folder.mkdir()
+    (folder / "model.onnx").symlink_to(model_dir / "model.onnx")
+    data = json.loads((model_dir / "model.json").read_text())
+    data["artifacts"][0]["sha256"] = "0" * 64
+    (folder / "model.json").write_text(json.dumps(data))
     status, message = open_status(library, folder, backend=BACKEND_CPU)
     assert status == SPEC and "does not match its spec" in message
     assert open_status(library, folder, backend=BACKEND_CPU, verify_hash=0) == (OK, "")

@@ -96,3 +96,13 @@ def test_tensorrt_backend_is_built_exactly_where_tensorrt_is_found(native_build,
         reason = re.search(r"building without the TensorRT backend \((.*)\)", log)
         pytest.skip(f"TensorRT is not installed here, so its backend was not compiled: "
                     f"{reason.group(1) if reason else 'see the CMake log'}")
+
+
+def test_model_hashes_come_from_openssl(native_build):
+    """Artifact hashes are OpenSSL's (libcrypto's EVP SHA-256), not a SHA-256 of our own."""
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("no readelf (binutils) on PATH to list the library's dependencies")
+    dynamic = subprocess.run([readelf, "-d", str(native_build / "libpmtiqa.so")], capture_output=True,
+                             text=True, check=True).stdout
+    assert re.search(r"NEEDED.*\[libcrypto\.so", dynamic), dynamic

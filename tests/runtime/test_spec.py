@@ -1,13 +1,19 @@
-"""The spec contract: quality levels, strict loading, round trips."""
+"""The spec contract: quality levels, strict loading, round trips, and the shared table of
+spec cases (tests/spec_cases.json, which tests/native runs against the C ABI too)."""
 
+import copy
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pmtiqa_deploy.errors import SpecError
 from pmtiqa_deploy.spec import (
-    SCHEMA_VERSION, Artifact, InputSpec, ModelSpec, PreprocessSpec, ScoreSpec)
+    SCHEMA_VERSION, Artifact, InputSpec, ModelSpec, OutputSpec, PreprocessSpec, ScoreSpec, spec_defaults)
+
+CASES = json.loads((Path(__file__).parents[1] / "spec_cases.json").read_text())
 
 
 def test_levels_at_both_ends_and_outside():
@@ -79,7 +85,7 @@ def test_wrong_types_and_missing_keys(tmp_path):
         ModelSpec.from_dict(data)
     data = _spec().to_dict()
     del data["score"]
-    with pytest.raises(SpecError, match=r"missing key\(s\) \['score'\]"):
+    with pytest.raises(SpecError, match=r"spec: missing key\(s\) \['score'\] \(schema 1.0 requires"):
         ModelSpec.from_dict(data)
     with pytest.raises(SpecError, match="not valid JSON"):
         (tmp_path / "model.json").write_text('{"schema_version": "1.0", ')
@@ -143,3 +149,86 @@ def test_atomic_write_gives_ordinary_file_permissions(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~old
     assert target.read_bytes() == b"{}"
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _write_case(case: dict, folder: Path) -> Path:
+    """The case's model.json in `folder` (the table's base document, patched)."""
+    import jsonpatch
+
+    folder.mkdir()
+    text = case["text"] if "text" in case else json.dumps(
+        jsonpatch.apply_patch(CASES["base"], case["patch"]))
+    (folder / "model.json").write_text(text)
+    return folder / "model.json"
+
+
+@pytest.mark.parametrize("case", CASES["cases"], ids=[c["case"] for c in CASES["cases"]])
+def test_spec_cases(case, tmp_path):
+    """One row of the table shared with the C ABI's tests: accepted, or refused with an
+    error naming the file and the key."""
+    path = _write_case(case, tmp_path / "variant")
+    if case.get("accepted"):
+        ModelSpec.load(path)
+        return
+    with pytest.raises(SpecError) as caught:
+        ModelSpec.load(path)
+    message = str(caught.value)
+    assert str(path) in message and all(word in message for word in case["rejected"]), message
+
+
+def _key_paths(node, pointer="", pattern=""):
+    """(JSON pointer, spec_defaults.json-style path) of every key; a list's first item
+    stands for all its items."""
+    for key, value in node.items():
+        here, name = f"{pointer}/{key}", f"{pattern}.{key}".lstrip(".")
+        yield here, name
+        if isinstance(value, dict) and key != "producer":  # producer's keys are free-form
+            yield from _key_paths(value, here, name)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            yield from _key_paths(value[0], f"{here}/0", f"{name}[]")
+
+
+def test_the_table_leaves_out_every_key_once_and_only_optional_keys_load():
+    """Every key of the schema has its `without` case, accepted exactly when
+    spec_defaults.json lists the key; the base document is a complete, valid spec."""
+    base = CASES["base"]
+    assert ModelSpec.from_dict(base).to_dict() == base
+    assert set(base) == {f.name for f in dataclasses.fields(ModelSpec)}
+    removals = {c["patch"][0]["path"]: c for c in CASES["cases"]
+                if "patch" in c and len(c["patch"]) == 1 and c["patch"][0]["op"] == "remove"}
+    paths = dict(_key_paths(base))
+    assert set(removals) == set(paths)
+    optional = spec_defaults()
+    assert {paths[p] for p, c in removals.items() if c.get("accepted")} == set(optional)
+    assert all(key in paths.values() for key in optional)
+
+
+@pytest.mark.parametrize("key", sorted(spec_defaults()))
+def test_an_optional_key_left_out_loads_as_its_listed_default(key):
+    """The one list of optional keys and defaults is what the loader uses, and it agrees
+    with the dataclass defaults used when a spec is built in code."""
+    default = spec_defaults()[key]
+    data = copy.deepcopy(CASES["base"])
+    parent, _, name = key.rpartition(".")
+    holders = [data] if not parent else (
+        data[parent.removesuffix("[]")] if parent.endswith("[]") else [data[parent]])
+    for holder in holders:
+        del holder[name]
+    loaded = ModelSpec.from_dict(data).to_dict()
+    found = [loaded] if not parent else (
+        loaded[parent.removesuffix("[]")] if parent.endswith("[]") else [loaded[parent]])
+    assert all(holder[name] == default for holder in found)
+    kind = {"score": ScoreSpec, "outputs[]": OutputSpec, "": ModelSpec}[parent]
+    field = next(f for f in dataclasses.fields(kind) if f.name == name)
+    built = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    assert built == default
+
+
+def test_save_into_a_missing_folder_is_refused(tmp_path):
+    spec = _spec()
+    with pytest.raises(SpecError, match=r"folder .*missing does not exist; create it first"):
+        spec.save(tmp_path / "missing" / "model.json")
+    with pytest.raises(SpecError, match=r"not an existing folder \(create it first\) nor a .json file path"):
+        spec.save(tmp_path / "models")
+    assert list(tmp_path.iterdir()) == []
+    assert spec.save(tmp_path / "spec.json") == tmp_path / "spec.json"
