@@ -121,14 +121,14 @@ def _example(job: tuple[int, int]) -> tuple[list[np.ndarray], int]:
 
 def make_set(seed: int, first: int, count: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
     """2 * count patches and labels of contents first..first+count-1."""
-    from tqdm import tqdm
+    from pmtiqa_deploy.progress import progress_bar
 
     x = np.empty((2 * count, PATCH, PATCH, 3), np.uint8)
     y = np.empty(2 * count, np.int64)
     with Pool(workers) as pool:
         jobs = [(seed, first + i) for i in range(count)]
         done = pool.imap(_example, jobs, chunksize=32)
-        for i, (patches, label) in enumerate(tqdm(done, total=count, desc="synthetic content", unit="image")):
+        for i, (patches, label) in enumerate(progress_bar(done, total=count, desc="synthetic content", unit="image")):
             x[2 * i:2 * i + 2] = patches
             y[2 * i:2 * i + 2] = label
     return x, y

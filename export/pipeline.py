@@ -27,6 +27,7 @@ from pmtiqa_deploy.errors import BackendUnavailable, ExportError, ParityError
 from pmtiqa_deploy.export.onnx import DEFAULT_OPSET
 from pmtiqa_deploy.export.parity import ParityReport
 from pmtiqa_deploy.export.tensorrt import EngineOptions, EngineReport
+from pmtiqa_deploy.progress import progress_bar
 from pmtiqa_deploy.spec import (
     SPEC_FILENAME, Artifact, InputSpec, ModelSpec, atomic_write_bytes, sha256_file)
 
@@ -211,13 +212,11 @@ def _build_engine(staging: Path, spec: ModelSpec, options: ExportOptions,
 
 def _parity(model, spec: ModelSpec, staging: Path, files: list[Path], options: ExportOptions,
             log: Callable[[str], None]):
-    from tqdm import tqdm
-
     from pmtiqa_deploy.export import parity
     from pmtiqa_deploy.export.parity import REFERENCE
 
     def bar(items, what):
-        return tqdm(items, desc=what, leave=False, disable=None)
+        return progress_bar(items, desc=what, leave=False)
 
     crops = parity.load_crops(files, spec, lambda it: bar(it, "preprocess"))
     score_range = (spec.score.min, spec.score.max)

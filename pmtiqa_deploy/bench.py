@@ -221,8 +221,12 @@ def run_benchmark(model_dir: str | os.PathLike, images: BenchImages, *,
                   batches: Sequence[int] = (1, 8), warmup: int = 3, iterations: int = 20,
                   checkpoint: str | os.PathLike | None = None, device: str | None = None,
                   threads: int | None = None, workers: int | None = None,
-                  log: Callable[[str], None] = lambda message: None) -> BenchResult:
-    """Benchmark every backend at every batch size (see the module docstring)."""
+                  log: Callable[[str], None] = lambda message: None,
+                  show_progress: bool = False) -> BenchResult:
+    """Benchmark every backend at every batch size (see the module docstring); with
+    `show_progress`, a bar over the (backend, batch size) measurements on stderr."""
+    from pmtiqa_deploy.progress import progress_bar
+
     spec = ModelSpec.load(model_dir)
     low, high = spec.input.batch_min, spec.input.batch_max
     bad = [b for b in batches if not low <= b <= high]
@@ -234,6 +238,7 @@ def run_benchmark(model_dir: str | os.PathLike, images: BenchImages, *,
     choices = [BackendChoice.parse(b) if isinstance(b, str) else b for b in backends]
     crops = _load_crops(spec, images.paths[:max(batches)])
     result = BenchResult([], images=images, meta=_meta(model_dir, images, warmup, iterations, threads))
+    bar = progress_bar(total=len(choices) * len(batches), desc="benchmark", unit="run", enabled=show_progress)
     for choice in choices:
         log(f"{choice.name}{':' + choice.precision if choice.precision else ''}: opening")
         baseline = device_used_mb() if _runs_on_gpu(choice, device) else None
@@ -245,6 +250,7 @@ def run_benchmark(model_dir: str | os.PathLike, images: BenchImages, *,
                 result.rows.append(BenchRow(choice.name, choice.precision or "-", batch,
                                             status=f"unavailable: {exc}"))
             log(f"  unavailable: {exc}")
+            bar.update(len(batches))
             continue
         with backend:
             for batch in batches:
@@ -252,6 +258,8 @@ def run_benchmark(model_dir: str | os.PathLike, images: BenchImages, *,
                 log(f"  batch {batch}: {row.status}" if row.status != "ok" else
                     f"  batch {batch}: p50 {row.p50_ms:.2f} ms, {row.images_per_s:.1f} images/s, "
                     f"end to end {row.end_to_end_images_per_s or 0:.1f} images/s")
+                bar.update()
+    bar.close()
     _agreement(result)
     return result
 

@@ -72,8 +72,8 @@ def _fail(message: str, code: int = 2) -> NoReturn:
               help="Output format [from the -o suffix, else csv]; parquet needs pyarrow.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write rows to this file, replaced only when the run finishes [stdout].")
-@click.option("--progress/--no-progress", default=None,
-              help="Progress bar on stderr [on when stderr is a terminal].")
+@click.option("--progress/--no-progress", default=True,
+              help="Progress on stderr: a live bar on a terminal, else a line every 30 s [on].")
 @click.option("--resume", is_flag=True,
               help="Continue a killed run into -o (or add to a finished -o): score only the inputs "
                    "without a row; the file is rewritten in input order.")
@@ -98,11 +98,10 @@ def score_command(paths, model_dir, server, list_files, backend, precision, batc
     Exit code: 0 all scored, 1 some failed, 2 nothing could run or the output could not be
     written (the rows so far stay in FILE.partial for --resume).
     """
-    from tqdm import tqdm
-
     from pmtiqa_deploy.errors import OutputError
     from pmtiqa_deploy.inputs import Inputs, check_list_files, check_output_not_input, count_paths
     from pmtiqa_deploy.output import open_output
+    from pmtiqa_deploy.progress import progress_bar
     from pmtiqa_deploy.score import Scorer
 
     if not paths and not list_files:
@@ -119,7 +118,7 @@ def score_command(paths, model_dir, server, list_files, backend, precision, batc
     if server is None and not model_dir.is_dir():
         _fail(f"model directory {model_dir} does not exist: export one with "
               "`pmtiqa-export CHECKPOINT -o DIR` and pass --model DIR")
-    show = sys.stderr.isatty() if progress is None else progress
+    show = progress
     inputs = Inputs(paths, list_files)
     mode = "resume" if resume else "overwrite" if overwrite else "new"
     try:  # the output first: a refusal should not wait for a model to load
@@ -147,8 +146,7 @@ def score_command(paths, model_dir, server, list_files, backend, precision, batc
     sink.flush_rows = scorer.batch_size  # rows are committed a batch at a time
     written = 0
     try:
-        with scorer, sink, tqdm(total=total, disable=not show, unit="img", file=sys.stderr,
-                                desc=f"scoring ({backend})") as bar:
+        with scorer, sink, progress_bar(total=total, enabled=show, unit="img", desc=f"scoring ({backend})") as bar:
             for row in scorer.score_files(sink.inputs(inputs)):
                 sink.write(row)
                 written += 1
@@ -253,6 +251,7 @@ def bench_command(model_dir, server, concurrency_text, time_limit, backends, bat
     Prints one table. Exit code: 0 every budget met, 1 a budget missed, 2 nothing could run.
     """
     from pmtiqa_deploy import bench, report
+    from pmtiqa_deploy.progress import progress_write
 
     batches = _batches(batch_text)
     if bool(images) == bool(builtin):
@@ -295,7 +294,7 @@ def bench_command(model_dir, server, concurrency_text, time_limit, backends, bat
         result = bench.run_benchmark(model_dir, chosen, backends=choices, batches=batches,
                                      warmup=warmup, iterations=iterations, checkpoint=checkpoint,
                                      device=device, threads=threads, workers=workers,
-                                     log=lambda message: click.echo(message, err=True))
+                                     log=progress_write, show_progress=True)
     except (PmtIqaError, ValueError) as exc:
         _fail(str(exc))
     except ImportError as exc:

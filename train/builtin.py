@@ -379,7 +379,7 @@ def _install(tmp: Path, out: Path, key: dict) -> None:
 
 
 def _build(root: Path, chosen: Sequence[Source], key: dict, progress: bool) -> None:
-    from tqdm import tqdm
+    from pmtiqa_deploy.progress import progress_bar
 
     seed, size = key["seed"], tuple(key["size"])
     digests: dict[str, str] = {}
@@ -395,7 +395,7 @@ def _build(root: Path, chosen: Sequence[Source], key: dict, progress: bool) -> N
     rows: list[tuple[str, Fidelity, str, str, int]] = []  # path, scores, photo, distortion, level
     details = []
     total = len(chosen) * len(DISTORTIONS) * 5
-    with tqdm(total=total, desc="builtin dataset", unit="image", disable=not progress) as bar:
+    with progress_bar(total=total, desc="builtin dataset", unit="image", enabled=progress) as bar:
         for source in chosen:
             reference, detail = _reference(source, size)
             details.append(detail)

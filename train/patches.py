@@ -61,10 +61,10 @@ class ImageStore:
 
     def warm(self, indices: Sequence[int], progress: bool = True) -> None:
         """Decode (and cache, within the budget) the given images up front, with a bar."""
-        from tqdm import tqdm
+        from pmtiqa_deploy.progress import progress_bar
 
         todo = [i for i in indices if i not in self._cache]
-        for i in tqdm(todo, desc="decode images", unit="image", disable=not progress or not todo):
+        for i in progress_bar(todo, desc="decode images", unit="image", enabled=progress and bool(todo)):
             self.image(i)
             if self._used >= self.cache_bytes:
                 break

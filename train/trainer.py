@@ -261,7 +261,7 @@ def predict(model: torch.nn.Module, store: ImageStore, indices: tuple[int, ...],
             progress: bool = False, desc: str = "evaluate", images_per_batch: int = 8) -> np.ndarray:
     """Each image's score: the mean over its fixed grid of crops (`crops_uint8`), exactly
     what the exported model computes. Processes share the images and exchange results."""
-    from tqdm import tqdm
+    from pmtiqa_deploy.progress import progress_bar
 
     mine = list(indices[cluster.rank::cluster.world])
     spec = store.spec
@@ -269,7 +269,7 @@ def predict(model: torch.nn.Module, store: ImageStore, indices: tuple[int, ...],
     model.eval()
     with torch.no_grad():
         chunks = [mine[i:i + images_per_batch] for i in range(0, len(mine), images_per_batch)]
-        for chunk in tqdm(chunks, desc=desc, unit="batch", leave=False, disable=not progress):
+        for chunk in progress_bar(chunks, desc=desc, unit="batch", leave=False, enabled=progress):
             crops = np.stack([normalize(store.test_crops(i), spec) for i in chunk])
             x = torch.from_numpy(crops.reshape(-1, *crops.shape[2:])).to(cluster.device)
             score, _ = model(x.contiguous(memory_format=torch.channels_last))
@@ -310,7 +310,7 @@ def _sync_buffers(model: torch.nn.Module, cluster: Cluster) -> None:
 def _train_epoch(net: torch.nn.Module, optimizer: torch.optim.Optimizer, patches: PatchSet,
                  config: TrainConfig, epoch: int, cluster: Cluster, workers: int,
                  progress: bool) -> dict[str, float]:
-    from tqdm import tqdm
+    from pmtiqa_deploy.progress import progress_bar
 
     batches = shard_batches(len(patches), config.batch_size, cluster.rank, cluster.world)
     if not batches:
@@ -324,8 +324,8 @@ def _train_epoch(net: torch.nn.Module, optimizer: torch.optim.Optimizer, patches
         group["lr"] = lr * group["lr_scale"]
     net.train()
     totals = np.zeros(3)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False,
-               disable=not (progress and cluster.main))
+    bar = progress_bar(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False,
+                       enabled=progress and cluster.main)
     for x, y, levels in bar:
         x = x.to(cluster.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         score, logits = net(x)

@@ -16,6 +16,7 @@ pytest.importorskip("onnx", reason="the export extra (onnx) is not installed")
 pytest.importorskip("onnxruntime", reason="the export extra (onnxruntime) is not installed")
 pytest.importorskip("skimage", reason="scikit-image (train extra) is not installed")
 
+from pmtiqa_deploy import progress  # noqa: E402
 from pmtiqa_deploy.export import parity  # noqa: E402
 from pmtiqa_deploy.export.cli import export_command  # noqa: E402
 from pmtiqa_deploy.export.pipeline import verify_export  # noqa: E402
@@ -57,11 +58,13 @@ def test_export_without_tensorrt_exits_3_and_says_how_to_get_it(checkpoint, phot
     assert spec.preprocess.crop_count == 1 and spec.input.batch_max == 4
 
 
-def test_no_engine_uint8_export_exits_0(checkpoint, photos, tmp_path):
+def test_no_engine_uint8_export_exits_0(checkpoint, photos, tmp_path, monkeypatch):
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0)  # a progress line per step
     out = tmp_path / "model"
     code, output = _run(checkpoint, "-o", out, "--no-engine", "--no-fp16", "--input-dtype", "uint8",
                         "--parity-images", photos, "--parity-limit", 6, "--opset", 13, "--threads", 2)
     assert code == 0, output
+    assert "\r" not in output and "preprocess: " in output
     spec = verify_export(out)
     assert spec.input.dtype == "uint8" and spec.artifacts[0].opset == 13
     assert json.loads((out / "parity.json").read_text())["count"] == 6

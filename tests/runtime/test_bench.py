@@ -52,12 +52,16 @@ def _bench(*args):
     return result
 
 
-def test_null_bench_json_rows_are_complete_and_sane(null_dir, labelled, tmp_path):
+def test_null_bench_json_rows_are_complete_and_sane(null_dir, labelled, tmp_path, monkeypatch):
+    from pmtiqa_deploy import progress
+
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0)  # a progress line per measurement
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
     result = _bench("--model", null_dir, "--images", labelled, "--backend", "null", "--backend", "tensorrt",
                     "--batch", "1,3", "--warmup", "1", "--iterations", "4", "--json", out_json,
                     "--plot", out_png)
     assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr and "benchmark: 100% 4/4" in result.stderr
     data = json.loads(out_json.read_text())
     assert data["meta"]["image_count"] == 8 and data["meta"]["mos_labels"] is True
     assert data["meta"]["options"]["batch_text"] == "1,3" and data["meta"]["command"]

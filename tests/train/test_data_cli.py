@@ -89,10 +89,14 @@ def test_make_builtin_refuses_a_foreign_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_make_builtin_builds_and_reports(tmp_path):
+def test_make_builtin_builds_and_reports(tmp_path, monkeypatch):
     pytest.importorskip("skimage", reason="the train extra (scikit-image) is not installed")
+    from pmtiqa_deploy import progress
+
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0)  # a progress line per image
     result = _run("make-builtin", "--out", tmp_path / "builtin", "--seed", "0")
     assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr and "builtin dataset: 100% 1150/1150" in result.stderr
     assert f"built-in dataset in {tmp_path / 'builtin'}" in result.stdout
     inspected = _run("inspect", "--dataset", "builtin", "--root", tmp_path / "builtin", "--json")
     summary = json.loads(inspected.stdout)

@@ -49,14 +49,18 @@ def manifest(tmp_path_factory):
     return root
 
 
-def test_tiny_run_writes_checkpoint_and_summary(manifest, tmp_path):
+def test_tiny_run_writes_checkpoint_and_summary(manifest, tmp_path, monkeypatch):
     pytest.importorskip("torch", reason="the train extra (torch) is not installed")
+    from pmtiqa_deploy import progress
     from pmtiqa_deploy.train.checkpoint import load_checkpoint
 
+    monkeypatch.setattr(progress, "PLAIN_INTERVAL_S", 0.0)  # a progress line per step
     out = tmp_path / "run"
+    loud = [arg for arg in TINY if arg != "--quiet"]
     result = CliRunner().invoke(train_command, ["--dataset", "csv", "--root", str(manifest), "--out", str(out),
-                                                *TINY, "--schedule", "fixed"])
+                                                *loud, "--schedule", "fixed"])
     assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr and "epoch 1/1: " in result.stderr and "decode images: " in result.stderr
     assert "test SRCC" in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["schedule"] == "fixed" and summary["config"]["backbone"] == "resnet18"
