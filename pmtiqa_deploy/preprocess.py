@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pmtiqa_deploy.decoder_log import DECODER_LOG
 from pmtiqa_deploy.errors import DecodeError
 from pmtiqa_deploy.spec import InputSpec, PreprocessSpec
 
@@ -80,20 +81,31 @@ def decode_image(source: str | os.PathLike | bytes) -> np.ndarray:
     if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
         # libjpeg returns a grey-filled image for a truncated file and only warns.
         raise DecodeError(f"{name}: JPEG is truncated (no end-of-image marker); re-copy the file")
+    buffer = np.frombuffer(data, dtype=np.uint8)
     try:
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _DECODE_FLAGS)
+        with DECODER_LOG.quiet():  # OpenCV's, libpng's and libjpeg's messages stay off stderr
+            image = cv2.imdecode(buffer, _DECODE_FLAGS)
     except cv2.error as exc:
         # OpenCV raises (instead of returning None) for headers it refuses, such as
         # dimensions beyond its pixel limit.
-        raise DecodeError(f"{name}: not a readable image ({exc.err or exc}); the header "
+        said = _said(lambda: cv2.imdecode(buffer, _DECODE_FLAGS))
+        raise DecodeError(f"{name}: not a readable image ({exc.err or exc}{said}); the header "
                           "is corrupt or the image is larger than OpenCV's pixel limit") from None
     if image is None:
-        raise DecodeError(f"{name}: not a readable image (unknown format or corrupt data)")
+        said = _said(lambda: cv2.imdecode(buffer, _DECODE_FLAGS))
+        raise DecodeError(f"{name}: not a readable image ("
+                          + (f"corrupt data{said}" if said else "unknown format or corrupt data") + ")")
     if image.dtype == np.uint16:
         image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
     elif image.dtype != np.uint8:
         image = np.clip(np.round(image.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _said(decode) -> str:
+    """"; the decoder said: ..." for a failed decode, from decoding it again alone."""
+    said = DECODER_LOG.said_while(decode)
+    return f"; the decoder said: {'; '.join(said)}" if said else ""
 
 
 def resized_size(height: int, width: int, spec: PreprocessSpec) -> tuple[int, int]:

@@ -122,7 +122,8 @@ def test_onnxruntime_cli_matches_alone_scores(awkward, tmp_path_factory):
         assert alone.exit_code == 0 and json.loads(alone.stdout)[0]["score"] == rows[name]["score"]
 
 
-def test_progress_bar_goes_to_stderr(awkward, null_dir):
+def test_progress_bar_goes_to_stderr(awkward, null_dir, monkeypatch):
+    monkeypatch.setattr("pmtiqa_deploy.progress.PLAIN_INTERVAL_S", 0.0)  # a line per image
     result = CliRunner().invoke(score_command, [str(p) for p in _good(awkward)[:2]] +
                                 ["--model", str(null_dir), "--backend", "null", "--progress"])
     assert result.exit_code == 0
