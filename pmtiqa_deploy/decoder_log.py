@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import json
 import os
 import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-# How OpenCV's log, libpng's default handlers and libjpeg's warnings begin a line.
-DECODER_PREFIXES = (
-    "[ WARN:", "[ERROR:", "[ INFO:", "[DEBUG:", "[FATAL:", "[VERBOSE:",
-    "libpng warning: ", "libpng error: ",
-    "Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
-    "Inconsistent progression sequence", "Unknown Adobe color transform",
-    "Warning: unknown JFIF revision", "Application transferred too many scanlines",
-    "Warning: thumbnail image size",
-)
+# How OpenCV's log, libpng's default handlers and libjpeg's warnings begin a line (the list
+# native/src/decoder_log.cpp compiles in).
+DECODER_PREFIXES: tuple[str, ...] = tuple(json.loads(
+    Path(__file__).with_name("decoder_prefixes.json").read_text(encoding="utf-8"))["prefixes"])
 # OpenCV's "[ WARN:0@0.019] global grfmt_png.cpp:792 readFromStreamOrBuffer " before its words.
 _OPENCV_HEAD = re.compile(r"^\[[^\]]*\]\s+(global\s+)?\S+\s+(\(\d+\)\s+)?\S+\s+")
 
@@ -76,6 +73,7 @@ class DecoderLog:
         self._state = threading.Condition()
         self._active = 0  # decodes in flight
         self._alone = False  # a `said_while` decode runs, and nothing else
+        self._opening = False
         self._pipe: tuple[int, int] | None = None
         self._stderr: int | None = None  # the real stderr, duplicated
         self._recorded: list[str] | None = None
@@ -114,9 +112,14 @@ class DecoderLog:
 
     def _enter(self, alone: bool) -> None:
         with self._state:
-            self._state.wait_for(lambda: not self._alone and not (alone and self._active))
+            self._state.wait_for(lambda: not self._opening and not self._alone
+                                 and not (alone and self._active))
             if self._active == 0 and not self._broken:
-                self._open_window()
+                self._opening = True  # _open_window may wait for the reader
+                try:
+                    self._open_window()
+                finally:
+                    self._opening = False
             self._active += 1
             self._alone = alone
 

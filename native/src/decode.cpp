@@ -12,6 +12,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include "decoder_log.h"
 #include "error.h"
 
 namespace pmtiqa {
@@ -50,6 +51,17 @@ bool jpeg_is_complete(const unsigned char* data, size_t size) {
     return false;
 }
 
+namespace {
+
+// "; the decoder said: ..." for a failed decode, from decoding it again alone.
+std::string said(const std::function<void()>& decode) {
+    std::string words;
+    for (const std::string& line : decoder_said(decode)) words += (words.empty() ? "" : "; ") + line;
+    return words.empty() ? "" : "; the decoder said: " + words;
+}
+
+}  // namespace
+
 cv::Mat decode_file(const std::string& path) {
     struct stat info {};
     if (::stat(path.c_str(), &info) != 0)
@@ -64,13 +76,18 @@ cv::Mat decode_file(const std::string& path) {
         // libjpeg returns a grey-filled image for a truncated file and only warns.
         fail(PMTIQA_ERROR_DECODE, path + ": JPEG is truncated (no end-of-image marker); re-copy the file");
     cv::Mat image;
+    auto decode = [&] { image = cv::imdecode(data, cv::IMREAD_COLOR | cv::IMREAD_ANYDEPTH); };
     try {
-        image = cv::imdecode(data, cv::IMREAD_COLOR | cv::IMREAD_ANYDEPTH);
+        decode_quietly(decode);  // OpenCV's, libpng's and libjpeg's messages stay off stderr
     } catch (const cv::Exception& exc) {
-        fail(PMTIQA_ERROR_DECODE, path + ": not a readable image (" + exc.err + "); the header is corrupt or "
-                                         "the image is larger than OpenCV's pixel limit");
+        fail(PMTIQA_ERROR_DECODE, path + ": not a readable image (" + exc.err + said(decode) +
+                                      "); the header is corrupt or the image is larger than OpenCV's pixel limit");
     }
-    if (image.empty()) fail(PMTIQA_ERROR_DECODE, path + ": not a readable image (unknown format or corrupt data)");
+    if (image.empty()) {
+        std::string words = said(decode);
+        fail(PMTIQA_ERROR_DECODE, path + ": not a readable image (" +
+                                      (words.empty() ? "unknown format or corrupt data" : "corrupt data" + words) + ")");
+    }
     if (image.depth() == CV_16U) {
         image.convertTo(image, CV_8U, 1.0 / 257.0);
     } else if (image.depth() != CV_8U) {

@@ -62,6 +62,26 @@ def test_example_scores_files_like_the_python_runtime(native_build, model_dir, p
         assert probs.shape == (10,) and abs(probs.sum() - 1.0) < 1e-4
 
 
+def test_decoder_messages_stay_off_stderr_and_explain_failures(native_build, model_dir, photos, tmp_path):
+    """What libpng and OpenCV print for a broken file never reaches the program's stderr;
+    the failed file's error says what they said (as pmtiqa_deploy.decoder_log does)."""
+    png = bytearray(next(p for p in photos if p.suffix == ".png").read_bytes())
+    data = png.find(b"IDAT") + 8
+    png[data:data + 32] = bytes(b ^ 0x5A for b in png[data:data + 32])
+    broken = {"bad_data.png": bytes(png), "junk.png": b"\x89PNG\r\n\x1a\n" + b"x" * 100}
+    for name, content in broken.items():
+        (tmp_path / name).write_bytes(content)
+    files = [tmp_path / name for name in broken] + photos[:2]
+    done = subprocess.run([str(native_build / "score_images"), str(model_dir), *map(str, files)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr  # some files failed
+    assert len(done.stderr.splitlines()) == 1 and "backend" in done.stderr, done.stderr  # the model line only
+    rows = {Path(line.split("\t")[0]).name: line.split("\t")[1:] for line in done.stdout.splitlines()}
+    assert rows["bad_data.png"][0] == "error" and "the decoder said: libpng error: " in rows["bad_data.png"][1]
+    assert rows["junk.png"][0] == "error" and "not a readable image" in rows["junk.png"][1]
+    assert all(rows[p.name][0] != "error" for p in photos[:2])
+
+
 def test_exif_rotation_and_decoding_follow_decode_image(native_build, model_dir, photos, python_rows):
     """The test files really exercise what they claim: the EXIF file decodes rotated, the
     16-bit, gray and alpha files decode to RGB; the C side agrees on each of them."""
