@@ -2,16 +2,20 @@
 straight into a device buffer (the TensorRT backend's input) with no host round trip.
 
 The kernel is pmtiqa_deploy/kernels/preprocess.cu (`pmtiqa_crops`, specified in
-KERNEL.md and shared with the C++ build). NVRTC compiles it at run time for the GPU at
-hand (a cubin where NVRTC knows the architecture, PTX for the driver to JIT otherwise);
-the driver API loads and launches it. The host computes each image's resized size and
-crop corners with the reference functions (`resized_size`, `crop_boxes`), so geometry is
-decided in one place; the kernel only samples, interpolates and normalises.
+kernels/KERNEL.md and shared with the C++ build). NVRTC compiles it at run time for the
+GPU at hand (a cubin where NVRTC knows the architecture, PTX for the driver to JIT
+otherwise), or a module built elsewhere (nvcc's cubin) is loaded as given; the driver API
+launches it. The host computes each image's resized size and crop corners with the
+reference functions (`resized_size`, `crop_boxes`), so geometry is decided in one place;
+the kernel only samples, resizes (bit for bit the reference's resize) and normalises.
+A spec whose interpolation the kernel does not implement is refused (`kernel_resize_mode`),
+never resized another way.
 
-Per batch: every image and its crop corners are packed into one pinned staging buffer,
-uploaded with one copy, and one kernel launch per image writes that image's slot of the
-output. Everything is enqueued on the caller's stream (the engine's), so the engine runs
-after the crops are written without any host synchronisation.
+Per batch: every host image and the crop corners are packed into one pinned staging
+buffer, uploaded with one copy, and one kernel launch per image writes that image's slot
+of the output. Images already on the GPU (decoded there, `__cuda_array_interface__`) are
+read in place. Everything is enqueued on the caller's stream (the engine's), so the
+engine runs after the crops are written without any host synchronisation.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ KERNEL_NAME = "pmtiqa_crops"
 BLOCK = (16, 16, 1)
 SRC_FORMATS = {"RGB": 0, "BGR": 1, "RGBA": 2, "BGRA": 3, "GRAY": 4}
 OUT_KINDS = {"float32": 0, "float16": 1, "uint8": 2}
+# The spec's interpolation -> the kernel's resize mode (PMTIQA_RESIZE_* in preprocess.cu).
+RESIZE_MODES = {"bilinear": 0}
 # The kernel's parameters in order (KERNEL.md), as the NumPy types they are packed in.
 PARAM_TYPES = (
     np.uint64,                                   # src
@@ -44,6 +50,7 @@ PARAM_TYPES = (
     np.float32, np.float32, np.float32,          # s0..s2
     np.uint64,                                   # out
     np.int32,                                    # out_kind
+    np.int32,                                    # resize_mode
 )
 _ALIGN = 256
 
@@ -118,6 +125,17 @@ def ptx_parameter_sizes(ptx: str, name: str = KERNEL_NAME) -> list[int]:
     return [sizes[bits] for bits in re.findall(r"\.param\s+\.[busf](\d+)", match.group(1))]
 
 
+def kernel_resize_mode(spec: ModelSpec) -> int:
+    """The kernel's resize mode for the spec's interpolation; SpecError for one the kernel
+    does not implement (the CPU reference may: preprocess on the CPU then)."""
+    interpolation = spec.preprocess.interpolation
+    if interpolation not in RESIZE_MODES:
+        raise SpecError(f"the GPU preprocessing kernel implements interpolation "
+                        f"{sorted(RESIZE_MODES)}, not {interpolation!r} (this model's spec): "
+                        "preprocess on the CPU (--preprocess cpu)")
+    return RESIZE_MODES[interpolation]
+
+
 def _check(result: Any, what: str) -> Any:
     err, *values = result
     if err != driver.CUresult.CUDA_SUCCESS:
@@ -125,16 +143,35 @@ def _check(result: Any, what: str) -> Any:
     return values[0] if len(values) == 1 else None
 
 
-def _source_format(image: np.ndarray, order: str) -> int:
-    if image.dtype != np.uint8:
-        raise InputError(f"GPU preprocessing takes decoded uint8 images, got {image.dtype}")
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1):
+def device_image(image: Any) -> tuple[int, tuple[int, ...], int] | None:
+    """(address, shape, row pitch) of a uint8 image in GPU memory (an object with
+    `__cuda_array_interface__`, such as an nvImageCodec image), or None for a host array."""
+    interface = getattr(image, "__cuda_array_interface__", None)
+    if interface is None or isinstance(image, np.ndarray):
+        return None
+    shape = tuple(int(n) for n in interface["shape"])
+    if interface["typestr"] not in ("|u1", "<u1") or len(shape) not in (2, 3):
+        raise InputError(f"GPU preprocessing takes HxW or HxWxC uint8 device images, got "
+                         f"{interface['typestr']} with shape {shape}")
+    channels = shape[2] if len(shape) == 3 else 1
+    strides = interface.get("strides")
+    pitch = shape[1] * channels if strides is None else int(strides[0])
+    if strides is not None and (len(shape) == 3 and (strides[2] != 1 or strides[1] != channels)):
+        raise InputError(f"GPU preprocessing takes interleaved device images (HWC); strides {strides}")
+    return int(interface["data"][0]), shape, pitch
+
+
+def _source_format(shape: tuple[int, ...], dtype: Any, order: str) -> int:
+    """The kernel's source format for an image of this shape and dtype in `order`."""
+    if np.dtype(dtype) != np.uint8:
+        raise InputError(f"GPU preprocessing takes decoded uint8 images, got {np.dtype(dtype)}")
+    if len(shape) == 2 or (len(shape) == 3 and shape[2] == 1):
         return SRC_FORMATS["GRAY"]
-    if image.ndim == 3 and image.shape[2] == 3:
+    if len(shape) == 3 and shape[2] == 3:
         return SRC_FORMATS[order]
-    if image.ndim == 3 and image.shape[2] == 4:
+    if len(shape) == 3 and shape[2] == 4:
         return SRC_FORMATS[order + "A"]
-    raise InputError(f"GPU preprocessing takes HxW, HxWx3 or HxWx4 images, got shape {image.shape}")
+    raise InputError(f"GPU preprocessing takes HxW, HxWx3 or HxWx4 images, got shape {shape}")
 
 
 def _aligned(n: int) -> int:
@@ -147,10 +184,13 @@ class GpuPreprocessor:
     Free with `close` (or use as a context manager); not thread-safe."""
 
     def __init__(self, spec: ModelSpec, device: int = 0, colour_order: str = "RGB",
-                 timing: bool = False):
+                 timing: bool = False, kernel_image: bytes | None = None):
+        """kernel_image: a cubin or PTX of preprocess.cu built elsewhere (nvcc); default:
+        NVRTC compiles the shipped source for this GPU."""
         if colour_order not in ("RGB", "BGR"):
             raise ValueError(f"colour_order must be 'RGB' or 'BGR', got {colour_order!r}")
         self.spec, self.colour_order = spec, colour_order
+        self._resize_mode = kernel_resize_mode(spec)
         self.gpu = cuda.cuda_device(device)
         pre = spec.preprocess
         itemsize = np.dtype(spec.input.dtype).itemsize
@@ -163,14 +203,17 @@ class GpuPreprocessor:
         self._device: cuda.DeviceBuffer | None = None
         self._done: cuda.Event | None = None
         self._module: Any = None
-        self._function = self._load()
+        self._function = self._load(kernel_image)
         self._marks = [cuda.Event() for _ in range(3)] if timing else []
 
-    def _load(self) -> Any:
+    def _load(self, image: bytes | None) -> Any:
         major, minor = self.gpu.compute_capability
         sm = major * 10 + minor
-        archs = supported_architectures()
-        if sm in archs:
+        archs = [] if image is not None else supported_architectures()
+        if image is not None:
+            if not image.startswith(b"\x7fELF"):
+                image = image.rstrip(b"\0") + b"\0"  # PTX text must be NUL-terminated
+        elif sm in archs:
             image = compile_kernel(kernel_source(), sm, binary=True)
         else:  # a GPU newer than this NVRTC: PTX for the newest known arch, JIT by the driver
             older = [a for a in archs if a <= sm]
@@ -196,28 +239,37 @@ class GpuPreprocessor:
         assert self._device is not None
         return self._staging, self._device
 
-    def fill(self, images: Sequence[np.ndarray], out: int, stream: Any) -> None:
-        """Enqueue on `stream` the crops of each decoded image (HxWx3 in `colour_order`,
-        HxWx4 with alpha, or HxW gray; uint8) into `out + i * slot_bytes`."""
+    def fill(self, images: Sequence[Any], out: int, stream: Any) -> None:
+        """Enqueue on `stream` the crops of each decoded image into `out + i * slot_bytes`.
+        An image is a host uint8 array (HxWx3 in `colour_order`, HxWx4 with alpha, or HxW
+        gray) or a uint8 image in GPU memory (`__cuda_array_interface__`, HWC), which is
+        read in place and must stay alive until the stream has run."""
         pre = self.spec.preprocess
         plans, offset = [], 0
         for image in images:
-            fmt = _source_format(image, self.colour_order)
-            height, width = image.shape[:2]
+            on_device = device_image(image)
+            shape = on_device[1] if on_device else image.shape
+            fmt = _source_format(shape, np.uint8 if on_device else image.dtype, self.colour_order)
+            height, width = shape[:2]
+            channels = shape[2] if len(shape) == 3 else 1
             dst_h, dst_w = resized_size(height, width, pre)
             boxes = np.asarray(crop_boxes(dst_h, dst_w, pre.crop_size, pre.crop_count), dtype=np.int32)
-            image_at = offset
-            offset = _aligned(offset + image.nbytes)
+            image_at = None
+            if on_device is None:
+                image_at = offset
+                offset = _aligned(offset + image.nbytes)
             boxes_at = offset
             offset = _aligned(offset + boxes.nbytes)
-            plans.append((image, fmt, dst_w, dst_h, boxes, image_at, boxes_at))
+            source = on_device or (None, shape, width * channels)
+            plans.append((image, source, fmt, dst_w, dst_h, boxes, image_at, boxes_at))
         if not plans:
             return
         staging, device = self._reserve(offset)
-        for image, _, _, _, boxes, image_at, boxes_at in plans:
-            staging.view(np.uint8, (offset,))[image_at:image_at + image.nbytes] = \
-                np.ascontiguousarray(image).reshape(-1)
-            staging.view(np.uint8, (offset,))[boxes_at:boxes_at + boxes.nbytes] = boxes.view(np.uint8)
+        packed = staging.view(np.uint8, (offset,))
+        for image, _, _, _, _, boxes, image_at, boxes_at in plans:
+            if image_at is not None:
+                packed[image_at:image_at + image.nbytes] = np.ascontiguousarray(image).reshape(-1)
+            packed[boxes_at:boxes_at + boxes.nbytes] = boxes.view(np.uint8)
         if self._marks:
             self._marks[0].record(stream)
         cuda.copy_to_device(device.ptr, staging.ptr, offset, stream)
@@ -225,12 +277,13 @@ class GpuPreprocessor:
             self._marks[1].record(stream)
         crop = pre.crop_size
         grid = ((crop + BLOCK[0] - 1) // BLOCK[0], (crop + BLOCK[1] - 1) // BLOCK[1], pre.crop_count)
-        for slot, (image, fmt, dst_w, dst_h, boxes, image_at, boxes_at) in enumerate(plans):
-            height, width = image.shape[:2]
-            channels = 1 if image.ndim == 2 else image.shape[2]
-            values = (device.ptr + image_at, width, height, width * channels, fmt, dst_w, dst_h,
+        for slot, (_, source, fmt, dst_w, dst_h, boxes, image_at, boxes_at) in enumerate(plans):
+            address, shape, pitch = source
+            if image_at is not None:
+                address = device.ptr + image_at
+            values = (address, shape[1], shape[0], pitch, fmt, dst_w, dst_h,
                       device.ptr + boxes_at, pre.crop_count, crop, *self._norm,
-                      out + slot * self.slot_bytes, self._out_kind)
+                      out + slot * self.slot_bytes, self._out_kind, self._resize_mode)
             self._launch(values, grid, stream)
         if self._marks:
             self._marks[2].record(stream)

@@ -27,7 +27,7 @@ _DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
 _MARKER_AFTER_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
-def _jpeg_is_complete(data: bytes) -> bool:
+def is_complete_jpeg(data: bytes) -> bool:
     """Whether a JPEG stream reaches its end-of-image marker.
 
     Walks the marker segments (so the EOI of an EXIF thumbnail inside APP1 does not
@@ -78,7 +78,7 @@ def decode_image(source: str | os.PathLike | bytes) -> np.ndarray:
         data = bytes(source)
     if not data:
         raise DecodeError(f"{name}: file is empty (0 bytes)")
-    if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
+    if data[:2] == b"\xff\xd8" and not is_complete_jpeg(data):
         # libjpeg returns a grey-filled image for a truncated file and only warns.
         raise DecodeError(f"{name}: JPEG is truncated (no end-of-image marker); re-copy the file")
     buffer = np.frombuffer(data, dtype=np.uint8)
@@ -129,11 +129,17 @@ def resized_size(height: int, width: int, spec: PreprocessSpec) -> tuple[int, in
 
 
 def resize_image(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Apply the spec's resize policy (bilinear, half-pixel centres)."""
+    """Apply the spec's resize policy.
+
+    "bilinear" is OpenCV's bit-exact bilinear resize (INTER_LINEAR_EXACT: half-pixel
+    centres, 8-bit fixed-point weights, the same integers on every CPU), not INTER_LINEAR,
+    whose uint8 path varies with the SIMD/IPP code a build takes. The GPU kernel and the
+    C++ library compute the same integers (pmtiqa_deploy/kernels/KERNEL.md).
+    """
     height, width = resized_size(image.shape[0], image.shape[1], spec)
     if (height, width) == image.shape[:2]:
         return image
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR_EXACT)
 
 
 def grid_shape(count: int, height: int, width: int) -> tuple[int, int]:

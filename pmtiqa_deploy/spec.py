@@ -97,7 +97,8 @@ class PreprocessSpec:
     3. Resize: "none" keeps the size; "fixed" goes to width x height; "shorter_side"
        scales so the shorter side is `shorter_side`, keeping the aspect ratio. Then, if
        the shorter side is below `crop_size`, scale up so it equals `crop_size`.
-       Interpolation is bilinear with half-pixel centres (OpenCV INTER_LINEAR).
+       Interpolation is bilinear with half-pixel centres, OpenCV's bit-exact fixed-point
+       variant (INTER_LINEAR_EXACT; KERNEL.md beside the GPU kernel gives the integers).
     4. Cut `crop_count` crops of `crop_size` on a fixed grid (`crop_boxes`).
     5. Normalise (x / 255 - mean) / std per channel, in the graph or before it.
     """

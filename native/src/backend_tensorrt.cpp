@@ -189,7 +189,7 @@ struct Tensor {
 class TensorRTBackend : public Backend {
 public:
     TensorRTBackend(const ModelSpec& spec, const std::string& directory, const OpenOptions& options)
-        : spec_(spec), device_(options.device_id) {
+        : spec_(spec), device_(options.device_id), resize_mode_(kernel_resize_mode(spec.preprocess)) {
         const Artifact* artifact = pick_artifact(options.precision);
         kind = PMTIQA_BACKEND_TENSORRT;
         precision = artifact->precision == "fp16" ? PMTIQA_PRECISION_FP16 : PMTIQA_PRECISION_FP32;
@@ -405,6 +405,7 @@ private:
         a.out = static_cast<unsigned char*>(input_.ptr) + slot * slot_bytes_;
         a.out_kind = input_type_ == nvinfer1::DataType::kHALF ? kOutFloat16
                      : input_type_ == nvinfer1::DataType::kUINT8 ? kOutUint8 : kOutFloat32;
+        a.resize_mode = resize_mode_;
         check_cuda(launch_crops(a, stream), "launching pmtiqa_crops");
     }
 
@@ -485,6 +486,7 @@ private:
 
     const ModelSpec spec_;
     const int device_;
+    const int resize_mode_;  // CropsResizeMode of the spec's interpolation
     Logger logger_;
     std::unique_ptr<nvinfer1::IRuntime> runtime_;
     std::unique_ptr<nvinfer1::ICudaEngine> engine_;

@@ -7,6 +7,9 @@
 namespace pmtiqa {
 
 enum CropsOutKind { kOutFloat32 = 0, kOutFloat16 = 1, kOutUint8 = 2 };
+// The kernel's resize modes (PMTIQA_RESIZE_* in preprocess.cu); resize_mode_for maps the
+// spec's interpolation to one.
+enum CropsResizeMode { kResizeBilinearExact = 0 };
 
 struct CropsLaunch {
     const unsigned char* src;  // the decoded image (device memory for the GPU)
@@ -18,6 +21,7 @@ struct CropsLaunch {
     float inv_std[3];          // 1 / (std * 255)
     void* out;                 // this image's slot in the input buffer
     int out_kind;              // CropsOutKind
+    int resize_mode;           // CropsResizeMode
 };
 
 }  // namespace pmtiqa

@@ -13,7 +13,7 @@ cudaError_t launch_crops(const CropsLaunch& a, cudaStream_t stream) {
     pmtiqa_crops<<<grid, block, 0, stream>>>(a.src, a.src_w, a.src_h, a.src_pitch, a.src_format, a.dst_w,
                                              a.dst_h, a.boxes, a.n_crops, a.crop, a.mean[0], a.mean[1],
                                              a.mean[2], a.inv_std[0], a.inv_std[1], a.inv_std[2], a.out,
-                                             a.out_kind);
+                                             a.out_kind, a.resize_mode);
     return cudaGetLastError();
 }
 

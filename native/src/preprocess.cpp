@@ -7,6 +7,7 @@
 
 #include <opencv2/imgproc.hpp>
 
+#include "crops_launch.h"
 #include "error.h"
 #include "half.h"
 
@@ -106,6 +107,23 @@ std::vector<std::array<int, 2>> crop_boxes(int height, int width, int size, int 
     return boxes;
 }
 
+cv::Mat resize_rgb(const cv::Mat& rgb, Size2 size, const PreprocessSpec& spec) {
+    if (spec.interpolation != "bilinear")
+        fail(PMTIQA_ERROR_NOT_SUPPORTED, "interpolation '" + spec.interpolation +
+                                             "' is not implemented by this library (it has 'bilinear'); "
+                                             "update libpmtiqa or re-export the model with bilinear resizing");
+    if (size.height == rgb.rows && size.width == rgb.cols) return rgb;
+    cv::Mat resized;
+    cv::resize(rgb, resized, cv::Size(size.width, size.height), 0, 0, cv::INTER_LINEAR_EXACT);
+    return resized;
+}
+
+int kernel_resize_mode(const PreprocessSpec& spec) {
+    if (spec.interpolation == "bilinear") return kResizeBilinearExact;
+    fail(PMTIQA_ERROR_NOT_SUPPORTED, "the CUDA preprocessing kernel does not implement interpolation '" +
+                                         spec.interpolation + "' (it has 'bilinear'); use the CPU backend");
+}
+
 cv::Mat to_rgb(const pmtiqa_image& image) {
     int channels = format_channels(image.format);
     cv::Mat view(image.height, image.width, CV_8UC(channels), const_cast<uint8_t*>(image.data),
@@ -124,9 +142,7 @@ cv::Mat to_rgb(const pmtiqa_image& image) {
 void crops_as_float(const cv::Mat& rgb, const ModelSpec& spec, float* out) {
     const PreprocessSpec& pre = spec.preprocess;
     Size2 size = resized_size(rgb.rows, rgb.cols, pre);
-    cv::Mat resized = rgb;
-    if (size.height != rgb.rows || size.width != rgb.cols)
-        cv::resize(rgb, resized, cv::Size(size.width, size.height), 0, 0, cv::INTER_LINEAR);
+    const cv::Mat resized = resize_rgb(rgb, size, pre);
     const int crop = static_cast<int>(pre.crop_size);
     const auto boxes = crop_boxes(size.height, size.width, crop, static_cast<int>(pre.crop_count));
     const size_t plane = static_cast<size_t>(crop) * crop;

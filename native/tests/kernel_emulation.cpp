@@ -14,6 +14,12 @@ struct Dim3 {
 };
 Dim3 blockIdx, threadIdx, blockDim;
 inline float __fmul_rn(float a, float b) { return a * b; }
+// Plain IEEE double operations: ISO C++ mode (no FP contraction) rounds each one, as the
+// device intrinsics do.
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
 }  // namespace
 
 #define __global__
@@ -37,7 +43,7 @@ static void emulate(const pmtiqa::CropsLaunch& a) {
                         threadIdx = {tx, ty, 0};
                         pmtiqa_crops(a.src, a.src_w, a.src_h, a.src_pitch, a.src_format, a.dst_w, a.dst_h, a.boxes,
                                      a.n_crops, a.crop, a.mean[0], a.mean[1], a.mean[2], a.inv_std[0],
-                                     a.inv_std[1], a.inv_std[2], a.out, a.out_kind);
+                                     a.inv_std[1], a.inv_std[2], a.out, a.out_kind, a.resize_mode);
                     }
 }
 

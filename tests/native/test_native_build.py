@@ -19,7 +19,7 @@ from native_support import IN_CI, REPO, cmake_build, run_abi_check
 KERNEL = REPO / "pmtiqa_deploy" / "kernels" / "preprocess.cu"
 # The kernel's parameters (KERNEL.md) as PTX declares them: pointers are .u64.
 KERNEL_PARAMS = ["u64", "u32", "u32", "u32", "u32", "u32", "u32", "u64", "u32", "u32",
-                 "f32", "f32", "f32", "f32", "f32", "f32", "u64", "u32"]
+                 "f32", "f32", "f32", "f32", "f32", "f32", "u64", "u32", "u32"]
 
 
 def nvcc() -> str:

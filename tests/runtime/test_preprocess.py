@@ -205,40 +205,43 @@ def test_resize_keeps_the_array_when_the_size_is_unchanged():
     assert resize_image(image, PreprocessSpec()) is image
 
 
-def _bilinear_half_pixel(image: np.ndarray, dst_h: int, dst_w: int) -> np.ndarray:
-    """The geometry KERNEL.md writes down for the GPU kernel, in float64 NumPy."""
-    src_h, src_w = image.shape[:2]
-
+def _linear_exact(image: np.ndarray, dst_h: int, dst_w: int) -> np.ndarray:
+    """The integers KERNEL.md writes down for the GPU kernel (OpenCV's INTER_LINEAR_EXACT),
+    in NumPy: per axis f = (d + 0.5) * (1 / (dst / src)) - 0.5 in float64, an 8-bit weight
+    rounded half to even, edge pixels taken whole, then (w0 h0 + w1 h1 + 2^15) >> 16."""
     def axis(dst, src):
-        f = np.maximum((np.arange(dst) + 0.5) * src / dst - 0.5, 0.0)
-        i0 = np.floor(f).astype(int)
-        i1 = np.minimum(i0 + 1, src - 1)
-        i0 = np.minimum(i0, src - 1)
-        return i0, i1, f - np.floor(f)
+        scale = 1.0 / (np.float64(dst) / np.float64(src))
+        f = scale * (np.arange(dst, dtype=np.float64) + 0.5) - 0.5
+        lower = np.floor(f)
+        w1 = np.rint((f - lower) * 256).astype(np.int64)
+        edge_low, edge_high = (lower < 0) | (src == 1), lower >= src - 1
+        i0 = np.where(edge_low, 0, np.where(edge_high, src - 1, lower)).astype(np.int64)
+        w1 = np.where(edge_low | edge_high, 0, w1)
+        return i0, np.minimum(i0 + 1, src - 1), 256 - w1, w1
 
-    y0, y1, wy = axis(dst_h, src_h)
-    x0, x1, wx = axis(dst_w, src_w)
-    img = image.astype(np.float64)
-    top = img[y0][:, x0] * (1 - wx)[None, :, None] + img[y0][:, x1] * wx[None, :, None]
-    bottom = img[y1][:, x0] * (1 - wx)[None, :, None] + img[y1][:, x1] * wx[None, :, None]
-    out = top * (1 - wy)[:, None, None] + bottom * wy[:, None, None]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    y0, y1, wy0, wy1 = axis(dst_h, image.shape[0])
+    x0, x1, wx0, wx1 = axis(dst_w, image.shape[1])
+    pixels = image.astype(np.int64)
+    rows = pixels[:, x0] * wx0[None, :, None] + pixels[:, x1] * wx1[None, :, None]
+    return ((rows[y0] * wy0[:, None, None] + rows[y1] * wy1[:, None, None] + (1 << 15)) >> 16).astype(np.uint8)
 
 
 @pytest.mark.parametrize("src, spec", [
     ((300, 400), PreprocessSpec(resize="fixed", width=512, height=384)),       # up
-    ((768, 1024), PreprocessSpec(resize="fixed", width=512, height=384)),      # down by 2
+    ((768, 1024), PreprocessSpec(resize="fixed", width=512, height=384)),      # down by exactly 2
+    ((385, 513), PreprocessSpec(resize="fixed", width=512, height=384)),       # down by one pixel
     ((500, 333), PreprocessSpec(resize="shorter_side", shorter_side=256)),     # odd ratio
+    ((1499, 2000), PreprocessSpec(resize="shorter_side", shorter_side=341)),   # down ~4.4x
     ((100, 150), PreprocessSpec()),                                            # crop upscale
+    ((32, 1000), PreprocessSpec()),                                            # 7x up, wide
 ])
-def test_resize_matches_the_written_bilinear_geometry(src, spec):
-    # The reference is OpenCV INTER_LINEAR; the GPU kernel implements the formula in
-    # KERNEL.md. They must agree within one level (OpenCV uses fixed-point weights).
+def test_resize_is_the_integer_formula_the_kernel_computes(src, spec):
+    # The reference is OpenCV INTER_LINEAR_EXACT; the GPU kernel and the C++ library
+    # compute KERNEL.md's integers. Equal bit for bit, whatever CPU OpenCV runs on.
     image = _noise(*src, seed=sum(src))
     resized = resize_image(image, spec)
     assert resized.shape[:2] == resized_size(*src, spec)
-    expected = _bilinear_half_pixel(image, *resized.shape[:2])
-    assert np.abs(resized.astype(int) - expected).max() <= 1
+    np.testing.assert_array_equal(resized, _linear_exact(image, *resized.shape[:2]))
 
 
 # --- crop grid ------------------------------------------------------------------------
