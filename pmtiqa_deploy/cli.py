@@ -21,11 +21,13 @@ import click
 from pmtiqa_deploy.backends import BACKENDS
 from pmtiqa_deploy.errors import PmtIqaError
 from pmtiqa_deploy.output.formats import FORMATS
+from pmtiqa_deploy.stages import DECODE_CHOICES, PREPROCESS_CHOICES
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # Options that choose or measure a local model, which --server replaces.
 _SCORE_LOCAL = {"model_dir": "--model", "backend": "--backend", "precision": "--precision",
-                "threads": "--threads", "device": "--device", "checkpoint": "--checkpoint", "pad": "--pad"}
+                "threads": "--threads", "device": "--device", "checkpoint": "--checkpoint", "pad": "--pad",
+                "preprocess": "--preprocess", "decode": "--decode", "cuda_graph": "--cuda-graph"}
 _BENCH_LOCAL = {"model_dir": "--model", "backends": "--backend", "checkpoint": "--checkpoint",
                 "device": "--device", "threads": "--threads", "workers": "--workers",
                 "plot_path": "--plot", "min_srcc": "--min-srcc", "min_srcc_mos": "--min-srcc-mos"}
@@ -68,6 +70,15 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 @click.option("--pad", is_flag=True,
               help="Run every batch at the full batch size, so an image's score never depends on "
                    "the size of its batch (TensorRT picks kernels per shape).")
+@click.option("--preprocess", "preprocess", default="auto", show_default=True,
+              type=click.Choice(PREPROCESS_CHOICES),
+              help="Where the crops are made: the reference on CPU threads, or the CUDA kernel "
+                   "writing them into the backend's GPU input; auto: GPU when the backend runs on one.")
+@click.option("--decode", default="cpu", show_default=True, type=click.Choice(DECODE_CHOICES),
+              help="gpu: decode JPEG files on the GPU with nvImageCodec (needs GPU preprocessing and "
+                   "the gpu-decode extra); other formats are decoded on the CPU.")
+@click.option("--cuda-graph", is_flag=True,
+              help="Replay a captured CUDA graph per batch size (tensorrt; torch on CUDA).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS),
               help="Output format [from the -o suffix, else csv]; parquet needs pyarrow.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
@@ -79,7 +90,8 @@ def _fail(message: str, code: int = 2) -> NoReturn:
                    "without a row; the file is rewritten in input order.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing -o (and discard an unfinished run's rows).")
 def score_command(paths, model_dir, server, list_files, backend, precision, batch_size, workers,
-                  threads, device, checkpoint, pad, fmt, output, progress, resume, overwrite) -> None:
+                  threads, device, checkpoint, pad, preprocess, decode, cuda_graph, fmt, output, progress,
+                  resume, overwrite) -> None:
     """Score image quality: one row per input (path, score in the model's units, quality
     level, error), in input order.
 
@@ -135,6 +147,7 @@ def score_command(paths, model_dir, server, list_files, backend, precision, batc
             backend = "server"
         else:
             scorer = Scorer.open(model_dir, backend, batch_size=batch_size, workers=workers, pad=pad,
+                                 preprocess=preprocess, decode=decode, cuda_graph=cuda_graph,
                                  precision=precision, device=device, threads=threads,
                                  checkpoint=checkpoint)
     except BaseException as exc:  # nothing scored: an unused partial file goes too

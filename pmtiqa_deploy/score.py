@@ -5,9 +5,13 @@ The pipeline (`Scorer.score_files`):
 - Paths are pulled from the (lazy) input iterator only as fast as they are scored; at
   most `prefetch` images are decoded or waiting at once, so memory is flat in the number
   of images.
-- Decoding and preprocessing (`pmtiqa_deploy.preprocess`, the reference) run on a thread
-  pool while the calling thread runs the backend on the previous batch: OpenCV and
-  ONNX Runtime release the GIL, so the two overlap.
+- Decoding and preprocessing run on a thread pool while the calling thread runs the
+  backend on the previous batch: OpenCV and ONNX Runtime release the GIL, so the two
+  overlap. Where they run is the Scorer's stage (`pmtiqa_deploy.stages`, `preprocess`
+  and `decode`): the reference preprocessing on the threads ("cpu"), or decoding on the
+  threads and the crops made by the GPU kernel straight into the backend's device input
+  ("gpu"; JPEG decoding on the GPU too with decode="gpu"). "auto" takes the GPU where the
+  backend runs on one; `stage.name` and `stage.reason` say what was chosen and why.
 - Batches are formed in input order from the images that decoded; an image that fails
   to decode costs its own error row and nothing else. Rows come out in input order.
 - Backend calls are serialised by a lock, so one Scorer may be used from many threads
@@ -40,6 +44,7 @@ from pmtiqa_deploy.errors import DecodeError, InputError
 from pmtiqa_deploy.inputs import unreadable_reason
 from pmtiqa_deploy.preprocess import decode_image, preprocess
 from pmtiqa_deploy.spec import ModelSpec
+from pmtiqa_deploy.stages import choose_stage
 
 # Failures of one image's decode/preprocess that become its error row. Anything else
 # (a bug, KeyboardInterrupt) stops the run.
@@ -62,18 +67,25 @@ class ScoreRow:
 
 def open_backend(name: str, model_dir: str | os.PathLike, *, precision: str | None = None,
                  device: str | None = None, threads: int | None = None,
-                 checkpoint: str | os.PathLike | None = None, **extra: Any) -> Backend:
+                 checkpoint: str | os.PathLike | None = None, cuda_graph: bool = False,
+                 **extra: Any) -> Backend:
     """Open backend `name` on an exported model directory with the options the command
     lines offer, mapped to that backend's keywords. An option the backend has no use for
     is a ValueError, not silently dropped.
 
     threads: ONNX Runtime intra-op threads; for the torch backend, torch.set_num_threads
     (process-wide, as PyTorch has no per-model setting). checkpoint: torch only.
+    cuda_graph: replay a CUDA graph per batch size (tensorrt, and torch on CUDA).
     """
     cls = backend_class(name)
     options: dict[str, Any] = dict(extra)
     if precision is not None:
         options["precision"] = precision
+    if cuda_graph:
+        if name not in ("tensorrt", "torch"):
+            raise ValueError(f"the {name} backend has no CUDA graphs (tensorrt and torch on CUDA do); "
+                             "drop --cuda-graph")
+        options["cuda_graph"] = True
     unused = []
     if name == "onnxruntime":
         options.update({k: v for k, v in (("device", device), ("threads", threads)) if v is not None})
@@ -108,7 +120,7 @@ class Scorer:
 
     def __init__(self, backend: Backend, *, batch_size: int | None = None,
                  workers: int | None = None, prefetch: int | None = None, pad: bool = False,
-                 owns_backend: bool = False):
+                 owns_backend: bool = False, preprocess: str = "auto", decode: str = "cpu"):
         self.backend = backend
         self.spec: ModelSpec = backend.spec
         low, high = self.spec.input.batch_min, self.spec.input.batch_max
@@ -129,15 +141,17 @@ class Scorer:
         self._pool_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
+        self.stage = choose_stage(backend, preprocess, decode, self.infer, self._target)
 
     @classmethod
     def open(cls, model_dir: str | os.PathLike, backend: str = "onnxruntime", *,
              batch_size: int | None = None, workers: int | None = None, pad: bool = False,
-             **backend_options: Any) -> Scorer:
+             preprocess: str = "auto", decode: str = "cpu", **backend_options: Any) -> Scorer:
         """A Scorer over a freshly opened backend (see `open_backend` for the options)."""
         opened = open_backend(backend, model_dir, **backend_options)
         try:
-            return cls(opened, batch_size=batch_size, workers=workers, pad=pad, owns_backend=True)
+            return cls(opened, batch_size=batch_size, workers=workers, pad=pad, owns_backend=True,
+                       preprocess=preprocess, decode=decode)
         except BaseException:
             opened.close()
             raise
@@ -152,14 +166,17 @@ class Scorer:
         """One file's crops (decode + preprocess, the reference implementation)."""
         return self.prepare(decode_image(path))
 
+    def _target(self, count: int) -> int:
+        """The batch size `count` images run at: the model's minimum, or `batch_size` with pad."""
+        target = max(count, self.spec.input.batch_min)
+        return max(target, self.batch_size) if self.pad else target
+
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run the backend on one batch of crops, under the Scorer's lock. Batches below
         the model's minimum (and every batch with `pad`) are padded with copies of the
         last image; the outputs are cut back to the real images."""
         count = batch.shape[0]
-        target = max(count, self.spec.input.batch_min)
-        if self.pad:
-            target = max(target, self.batch_size)
+        target = self._target(count)
         if target > count:
             batch = np.concatenate([batch, np.repeat(batch[-1:], target - count, axis=0)])
         with self._lock:
@@ -206,9 +223,11 @@ class Scorer:
         def run_batch() -> Iterator[ScoreRow]:
             if batch_rows:
                 top_up()  # keep the decoders busy while the backend runs
-                scores = self.infer(np.stack([row[1] for row in batch_rows]))["score"]
-                for row, score in zip(batch_rows, scores):
-                    row[1] = float(score)
+                for row, outcome in zip(batch_rows, self._run_items([row[1] for row in batch_rows])):
+                    if isinstance(outcome, Exception):
+                        row[1], row[2] = None, _error_text(outcome, row[0])
+                    else:
+                        row[1] = outcome
                 batch_rows.clear()
             for path, value, error in pending:
                 yield self._row(path, value, error)
@@ -232,8 +251,18 @@ class Scorer:
             for _, future in window:
                 future.cancel()
 
-    def _load_or_error(self, path: str | os.PathLike) -> tuple[np.ndarray | None, str | None]:
-        return load_or_error(self.load, path)
+    def _run_items(self, items: list[Any]) -> list[float | Exception]:
+        """One batch of the stage's items: a score, or the image's own error, per item. The
+        lock serialises the backend (and GPU work on its stream) between threads."""
+        if self.stage.name == "cpu":
+            return self.stage.run(items)  # Scorer.infer takes the lock
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the Scorer is closed")
+            return self.stage.run(items)
+
+    def _load_or_error(self, path: str | os.PathLike) -> tuple[Any, str | None]:
+        return load_or_error(self.stage.load, path)
 
     def _row(self, path: str, score: float | None, error: str | None) -> ScoreRow:
         return score_row(path, score, error, self.spec, self.backend.name)
@@ -256,6 +285,7 @@ class Scorer:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
+            self.stage.close()
             if self.owns_backend:
                 self.backend.close()
 

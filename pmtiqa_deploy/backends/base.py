@@ -4,6 +4,11 @@ A backend holds one model (one artifact of an exported model directory) and runs
 of preprocessed crops: NumPy in, named NumPy arrays out. `infer` checks the input against
 the spec once and calls the subclass's `_infer`. Backends are context managers that free
 what they hold (sessions, device buffers, streams) on exit.
+
+Backends that run on a GPU may also take device input (`device_input = True`): GPU
+preprocessing (pmtiqa_deploy.stages) then writes image i's crops at
+`input_device_buffer(batch) + i * input_slot_bytes` on `stream` (a CUDA stream handle)
+and calls `infer_device(batch)`; `gpu_index` is the CUDA device they run on.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class Backend:
 
     name = "base"
     precision = "fp32"
+    device_input = False  # True: the device-input protocol above is implemented
 
     def __init__(self, model_dir: str | os.PathLike | None, spec: ModelSpec | None = None):
         self.model_dir = Path(model_dir) if model_dir is not None else None

@@ -251,6 +251,12 @@ class TensorRTBackend(Backend):
         rows = shape[0] // self.spec.input.batch_max * batch
         return rows * int(np.prod(shape[1:])) * dtype.itemsize, (rows,) + shape[1:]
 
+    device_input = True
+
+    @property
+    def gpu_index(self) -> int:
+        return self.gpu.index
+
     @property
     def input_slot_bytes(self) -> int:
         """Bytes of one image's crops in the input buffer: image i starts at

@@ -7,6 +7,9 @@ averages over the N crops of each image: the scores, and the softmax of the leve
 `CropAveraging` is that computation in PyTorch. Options: device "cpu" or "cuda",
 precision "fp32" or "fp16" (CUDA only: the model and input in half), and cuda_graph
 (capture one CUDA graph per batch size and replay it: the GPU baseline for the benchmark).
+On CUDA it takes device input (Backend's protocol): GPU preprocessing writes the crops
+into a persistent input tensor on torch's current stream, and `infer_device` runs the
+model on it (through the graph captured on that very tensor with cuda_graph).
 
 This is the only runtime module that imports torch; the backend table imports it only
 when the "torch" backend is asked for.
@@ -105,7 +108,9 @@ class TorchBackend(Backend):
         if precision == "fp16":
             graph = graph.half()
         self.graph: CropAveraging | None = graph.to(self.device)
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        self._graphs: dict[object, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+        self.device_input = self.device.type == "cuda"
+        self._device_in: torch.Tensor | None = None
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, input: InputSpec | None = None,
@@ -148,11 +153,10 @@ class TorchBackend(Backend):
             return {"score": score.float().cpu().numpy().astype(np.float32),
                     "level_probs": probs.float().cpu().numpy().astype(np.float32)}
 
-    def _replay(self, module: CropAveraging, images: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """Run through the CUDA graph for this batch size, capturing it on first use."""
-        batch = images.shape[0]
-        if batch not in self._graphs:
-            static_in = self._to_device(images)
+    def _captured(self, key: object, module: CropAveraging,
+                  static_in: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The CUDA graph of `module` reading `static_in`, captured on first use of `key`."""
+        if key not in self._graphs:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -162,12 +166,61 @@ class TorchBackend(Backend):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 static_out = module(static_in)
-            self._graphs[batch] = (graph, static_in, static_out)
+            self._graphs[key] = (graph, static_in, static_out)
+        return self._graphs[key]
+
+    def _replay(self, module: CropAveraging, images: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Run through the CUDA graph for this batch size, capturing it on first use."""
+        batch = images.shape[0]
+        if batch not in self._graphs:
+            self._captured(batch, module, self._to_device(images))
         graph, static_in, static_out = self._graphs[batch]
         static_in.copy_(torch.from_numpy(np.ascontiguousarray(images)))  # converts and uploads
         graph.replay()
         return static_out
 
+    # --- device input (CUDA only) --------------------------------------------------------
+
+    @property
+    def gpu_index(self) -> int:
+        return self.device.index if self.device.index is not None else torch.cuda.current_device()
+
+    @property
+    def stream(self) -> int:
+        """torch's current CUDA stream, where the crops must be written."""
+        return torch.cuda.current_stream(self.device).cuda_stream
+
+    @property
+    def input_slot_bytes(self) -> int:
+        return int(np.prod(self.spec.input_shape(1)[1:])) * np.dtype(self.spec.input.dtype).itemsize
+
+    def input_device_buffer(self, batch: int) -> int:
+        """The address of the persistent input tensor (sized for the spec's largest batch)."""
+        if not self.device_input:
+            raise ValueError("the torch backend takes device input only with device='cuda'")
+        self.check_input(np.empty(self.spec.input_shape(batch), dtype=self.spec.input.dtype))
+        if self._device_in is None:
+            dtype = getattr(torch, self.spec.input.dtype)
+            self._device_in = torch.empty(self.spec.input_shape(self.spec.input.batch_max), dtype=dtype,
+                                          device=self.device)
+        return self._device_in.data_ptr()
+
+    def infer_device(self, batch: int) -> dict[str, np.ndarray]:
+        """Run on the crops written into the input tensor (on `stream`)."""
+        module = self._module()
+        if self._device_in is None:
+            raise ValueError("call input_device_buffer (and write the crops) before infer_device")
+        view = self._device_in[:batch]
+        with torch.inference_mode():
+            if self.cuda_graph:
+                graph, _, (score, probs) = self._captured(("device", batch), module, view)
+                graph.replay()
+            else:
+                score, probs = module(view)
+            return {"score": score.float().cpu().numpy().astype(np.float32),
+                    "level_probs": probs.float().cpu().numpy().astype(np.float32)}
+
     def close(self) -> None:
         self._graphs.clear()
+        self._device_in = None
         self.graph = None

@@ -101,8 +101,9 @@ def serve_command(model_dir, backend, precision, device, threads, batch_size, wo
     from pmtiqa_deploy.score import Scorer
 
     try:
+        # Requests are preprocessed on the CPU threads with Scorer.load (the reference).
         scorer = Scorer.open(model_dir, backend, batch_size=batch_size, precision=precision,
-                             device=device, threads=threads)
+                             device=device, threads=threads, preprocess="cpu")
     except (PmtIqaError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
