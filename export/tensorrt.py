@@ -6,7 +6,15 @@ choice, with one optimization profile over the spec's batch range, a workspace l
 the timing cache loaded from and saved to a file, optionally a version-compatible plan
 (for the lean runtime), and detailed profiling verbosity. After the build it
 deserializes the plan, reads the engine inspector's JSON layer information, and refuses
-to call an engine FP16 unless every convolution it finds runs in FP16.
+to call an engine FP16 unless every convolution of the backbone runs in FP16; the only
+layers allowed in FP32 are those the FP16 graph declares float32 (export/fp16.py: the
+heads after ms_concat, which TensorRT may lower to Convolution layers).
+
+The inspector's JSON differs between majors (TensorRT 11.x's "Migrating IEngineInspector
+Usage from TensorRT 10.x to 11.x"): 10.x gives each layer tensor one "Format/Datatype"
+string ("Channel major FP16 format where channel % 8 == 0"); 11.x gives "DataType"
+("Half") and "Format" separately, as its "I/O Tensors" entries do, and replaces
+"Bindings" by "I/O Tensors". Both are read.
 
 TensorRT versions, explicitly:
 - 10.x: `BuilderFlag.FP16` still exists but is deprecated and is ignored by strongly
@@ -31,6 +39,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,10 +60,11 @@ DEFAULT_WORKSPACE_MIB = 4096
 # TensorRT DataType member names -> NumPy dtype names (the spec's vocabulary).
 _DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8",
            "INT32": "int32", "INT64": "int64", "UINT8": "uint8", "BOOL": "bool"}
-# Precision words in the inspector's "Format/Datatype" strings, e.g. "Channel major FP16
-# format where channel % 8 == 0", "Row major linear FP32", and in "Weights": {"Type": "Half"}.
-_PRECISION_WORDS = re.compile(r"\b(FP32|FP16|BF16|FP8|FP4|INT8|Int8|INT4|Float|Half)\b")
-_CANONICAL = {"Float": "FP32", "Half": "FP16", "Int8": "INT8"}
+# Precision words in the inspector's format strings ("Channel major FP16 format where
+# channel % 8 == 0", "Row major linear FP32"), its 11.x "DataType" values and its
+# "Weights": {"Type": "Half"}.
+_PRECISION_WORDS = re.compile(r"\b(FP32|FP16|BF16|BFloat16|FP8|FP4|INT8|Int8|INT4|Float|Half)\b")
+_CANONICAL = {"Float": "FP32", "Half": "FP16", "Int8": "INT8", "BFloat16": "BF16"}
 
 
 @dataclass(frozen=True)
@@ -197,12 +207,24 @@ def engine_from_onnx(onnx_path: str | os.PathLike, engine_path: str | os.PathLik
     inspector = engine.create_engine_inspector()
     info = inspector.get_engine_information(trt.LayerInformationFormat.JSON)
     convs = conv_layer_precisions(info)
-    check_conv_precision(convs, precision, str(engine_path))
+    fp32 = fp32_node_names(onnx_path) if precision == "fp16" else set()
+    check_conv_precision(convs, precision, str(engine_path), fp32)
     return EngineReport(
         path=Path(engine_path), precision=precision, tensorrt_version=trt.__version__,
         compute_capability=gpu_compute_capability() or "unknown",
         version_compatible=options.version_compatible, layers=engine.num_layers,
         conv_layers=convs, build_seconds=time.perf_counter() - started)
+
+
+def fp32_node_names(onnx_path: str | os.PathLike) -> set[str]:
+    """Names of the nodes the FP16 graph keeps in float32 (its declared FP32 layers)."""
+    import onnx
+
+    from pmtiqa_deploy.export.fp16 import fp32_nodes
+    from pmtiqa_deploy.export.graph import CONCAT_NAME
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return {graph.node[i].name for i in fp32_nodes(graph, CONCAT_NAME)}
 
 
 def engine_io(engine: tensorrt.ICudaEngine) -> tuple[list[TensorInfo], list[TensorInfo]]:
@@ -248,8 +270,21 @@ def _precision_of(text: str) -> str | None:
     return _CANONICAL.get(found.group(1), found.group(1)) if found else None
 
 
+def _tensor_precision(tensor: Any) -> str | None:
+    """A layer tensor's precision: 11.x "DataType", else the 10.x "Format/Datatype" (or an
+    11.x "Format") string."""
+    if not isinstance(tensor, dict):
+        return None
+    for key in ("DataType", "Format/Datatype", "Format"):
+        found = _precision_of(str(tensor.get(key, "")))
+        if found:
+            return found
+    return None
+
+
 def conv_layer_precisions(engine_information: str) -> dict[str, str]:
-    """Precision of every convolution in the inspector's JSON ("FP16", "FP32", ...).
+    """Precision of every convolution in the inspector's JSON ("FP16", "FP32", ...), from
+    TensorRT 10.x or 11.x (module docstring).
 
     A layer is a convolution when its LayerType or ParameterType says so (CaskConvolution,
     CaskGemmConvolution, Convolution...). Its precision is its output tensor's datatype,
@@ -268,8 +303,7 @@ def conv_layer_precisions(engine_information: str) -> dict[str, str]:
         kind = f"{layer.get('LayerType', '')} {layer.get('ParameterType', '')}"
         if "Convolution" not in kind:
             continue
-        formats = [t.get("Format/Datatype", "") for t in layer.get("Outputs", [])]
-        found = [p for p in map(_precision_of, formats) if p]
+        found = [p for p in map(_tensor_precision, layer.get("Outputs", [])) if p]
         weights = layer.get("Weights", {})
         if not found and isinstance(weights, dict) and weights.get("Type"):
             found = [p for p in [_precision_of(str(weights["Type"]))] if p]
@@ -277,17 +311,29 @@ def conv_layer_precisions(engine_information: str) -> dict[str, str]:
     return result
 
 
-def check_conv_precision(convs: dict[str, str], precision: str, where: str) -> None:
-    """Refuse an engine whose convolutions do not all run in the claimed precision."""
+def declared_fp32(layer: str, fp32_nodes: Collection[str]) -> bool:
+    """Whether a TensorRT layer comes only from nodes the graph declares float32. TensorRT
+    names a fused layer after its nodes joined by " + "."""
+    parts = [part.strip() for part in layer.split(" + ")]
+    return bool(fp32_nodes) and all(part in fp32_nodes for part in parts)
+
+
+def check_conv_precision(convs: dict[str, str], precision: str, where: str,
+                         fp32_nodes: Collection[str] = ()) -> None:
+    """Refuse an engine whose backbone convolutions do not all run in the claimed
+    precision. Layers made only of `fp32_nodes` (the graph's declared float32 heads) may
+    run in FP32 in an FP16 engine; no other may."""
     want = precision.upper()
-    if not convs:
-        raise ExportError(f"{where}: the engine inspector shows no convolution layer, so its "
-                          f"{want} precision cannot be confirmed; the engine is not used")
-    wrong = {name: p for name, p in convs.items() if p != want}
+    backbone = {n: p for n, p in convs.items() if not declared_fp32(n, fp32_nodes)}
+    if not backbone:
+        raise ExportError(f"{where}: the engine inspector shows no convolution of the backbone, so "
+                          f"its {want} precision cannot be confirmed; the engine is not used")
+    wrong = {name: p for name, p in backbone.items() if p != want}
+    heads = {name: p for name, p in convs.items() if name not in backbone and p not in (want, "FP32")}
+    wrong.update(heads)
     if wrong:
         sample = "; ".join(f"{n}: {p}" for n, p in list(wrong.items())[:3])
         raise ExportError(
             f"{where}: {len(wrong)} of {len(convs)} convolutions do not run in {want} ({sample}); "
             f"the engine is not called {want}. Check that the graph given to TensorRT is the "
             f"{precision} ONNX graph and that the network was created strongly typed")
-

@@ -94,6 +94,30 @@ def parse_compute_capability(text: str) -> tuple[tuple[int, int], bool]:
     return (major_i, minor_i), bool(plus)
 
 
+# Version-compatible plans across majors: (plan's major, runtime's major) pairs that
+# TensorRT's support matrix allows (11.4: "TensorRT 10 version-compatible engines can run
+# with a TensorRT 11 runtime, and TensorRT 8 version-compatible engines can run with a
+# TensorRT 10 runtime. No other combination across major versions is supported").
+CROSS_MAJOR_PAIRS = frozenset({(10, 11), (8, 10)})
+# Version compatibility exists from TensorRT 8.6 on, for plans and runtimes alike.
+FIRST_VERSION_COMPATIBLE = (8, 6)
+
+
+def version_compatible_plan_runs(built: tuple[int, ...], here: tuple[int, ...]) -> str | None:
+    """None when a version-compatible plan built by TensorRT `built` runs on runtime `here`
+    (the support matrix: same major and not older, or one of CROSS_MAJOR_PAIRS); else why not."""
+    if built[:2] < FIRST_VERSION_COMPATIBLE or here[:2] < FIRST_VERSION_COMPATIBLE:
+        return "version compatibility starts with TensorRT 8.6"
+    if built[0] == here[0]:
+        return None if here[:3] >= built[:3] else "newer than this runtime: upgrade TensorRT"
+    if (built[0], here[0]) in CROSS_MAJOR_PAIRS:
+        return None
+    if built[0] > here[0]:
+        return "newer than this runtime: upgrade TensorRT"
+    return (f"TensorRT runs version-compatible plans across majors only as 10.x on 11.x and "
+            f"8.x on 10.x, not {built[0]}.x on {here[0]}.x")
+
+
 def check_plan_compatibility(artifact: Artifact, runtime_version: str, lean: bool,
                              gpu: cuda.DeviceInfo) -> None:
     """Raise SpecError, before deserialising, when the plan cannot run here."""
@@ -105,9 +129,10 @@ def check_plan_compatibility(artifact: Artifact, runtime_version: str, lean: boo
     if artifact.tensorrt_version:
         built, here = _version(artifact.tensorrt_version), _version(runtime_version)
         if artifact.version_compatible:
-            if here[:3] < built[:3]:
-                raise SpecError(f"{artifact.file} was built by TensorRT {artifact.tensorrt_version}, "
-                                f"newer than this runtime ({runtime_version}): upgrade TensorRT")
+            why = version_compatible_plan_runs(built, here)
+            if why is not None:
+                raise SpecError(f"{artifact.file} was built by TensorRT {artifact.tensorrt_version} "
+                                f"and this runtime is {runtime_version}: {why}; or {rebuild}")
         else:
             n = min(len(built), len(here))
             if built[:n] != here[:n]:

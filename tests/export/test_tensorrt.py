@@ -60,11 +60,76 @@ def test_inspector_json_gives_each_convolutions_precision():
                      "/layer1/layer1.0/conv1/Conv": "FP16", "/layer4/layer4.1/conv2/Conv": "FP32"}
 
 
+# TensorRT 11.x: layer tensors carry "DataType" and "Format" apart, and "I/O Tensors"
+# replaces "Bindings" ("Migrating IEngineInspector Usage from TensorRT 10.x to 11.x", whose
+# I/O Tensors example gives "DataType": "Float" and "Format": "Row major linear FP32
+# format (kLINEAR)"; layer tensors are written the same way).
+def _conv11(name, data_type, fmt, kind="CaskConvolution"):
+    return {"Name": name, "LayerType": kind, "ParameterType": "Convolution",
+            "Inputs": [{"Name": "in", "Location": "Device", "Dimensions": [-1, 3, 224, 224],
+                        "DataType": data_type, "Format": fmt}],
+            "Outputs": [{"Name": "out", "Location": "Device", "Dimensions": [-1, 64, 112, 112],
+                         "DataType": data_type, "Format": fmt}],
+            "Weights": {"Type": data_type, "Count": 9408}, "TacticName": "sm90_xmma_fprop"}
+
+
+def _info11(*layers):
+    io = [{"Name": n, "IOMode": mode, "DataType": "Float", "Dimensions": [-1, 2, 3, 224, 224],
+           "Location": "Device", "IsShapeInferenceIO": False}
+          for n, mode in (("images", "Input"), ("score", "Output"), ("level_probs", "Output"))]
+    return json.dumps({"Layers": list(layers), "I/O Tensors": io})
+
+
+def test_inspector_json_of_tensorrt_11_gives_each_convolutions_precision():
+    info = _info11(_conv11("/stem/stem.0/Conv + /stem/stem.2/Relu", "Half",
+                           "Channel major FP16 format where channel % 8 == 0 (kHWC8)"),
+                   _conv11("/layer4/layer4.1/conv2/Conv", "Float", "Row major linear FP32 format (kLINEAR)"),
+                   _conv11("/layer3/layer3.0/conv1/Conv", "BFloat16", "Row major linear BF16 format (kLINEAR)"),
+                   {"Name": "ms_concat", "LayerType": "Concatenation",
+                    "Outputs": [{"DataType": "Half", "Format": "Row major linear FP16 format (kLINEAR)"}]})
+    assert conv_layer_precisions(info) == {"/stem/stem.0/Conv + /stem/stem.2/Relu": "FP16",
+                                           "/layer4/layer4.1/conv2/Conv": "FP32",
+                                           "/layer3/layer3.0/conv1/Conv": "BF16"}
+
+
+HEAD = "/heads/trunk/trunk.0/Gemm"
+
+
+def test_fp32_heads_lowered_to_convolutions_are_allowed_exactly_when_declared():
+    convs = {"/stem/stem.0/Conv + /stem/stem.2/Relu": "FP16", "/layer1/layer1.0/conv1/Conv": "FP16",
+             f"{HEAD} + /heads/trunk/trunk.1/LeakyRelu": "FP32"}
+    declared = {HEAD, "/heads/trunk/trunk.1/LeakyRelu", "ms_concat/to_fp32"}
+    check_conv_precision(convs, "fp16", "model.engine", declared)
+    with pytest.raises(ExportError, match="1 of 3 convolutions do not run in FP16.*trunk.0/Gemm"):
+        check_conv_precision(convs, "fp16", "model.engine")          # nothing declared FP32
+    with pytest.raises(ExportError, match="1 of 3"):  # a backbone convolution in FP32, never
+        check_conv_precision({**convs, "/layer1/layer1.0/conv1/Conv": "FP32"}, "fp16", "model.engine",
+                             declared)
+    # A layer fusing a backbone node with a declared one is backbone: it must be FP16.
+    mixed = {"/layer4/layer4.1/conv2/Conv + " + HEAD: "FP32", "/stem/stem.0/Conv": "FP16"}
+    with pytest.raises(ExportError, match="do not run in FP16"):
+        check_conv_precision(mixed, "fp16", "model.engine", declared)
+    with pytest.raises(ExportError, match="no convolution of the backbone"):
+        check_conv_precision({HEAD: "FP32"}, "fp16", "model.engine", declared)
+
+
+def test_the_fp16_graph_declares_its_heads_fp32_and_its_backbone_not(exported):
+    from pmtiqa_deploy.export.tensorrt import fp32_node_names
+
+    names = fp32_node_names(exported.directory / "model.fp16.onnx")
+    assert any("Gemm" in n or "MatMul" in n for n in names), sorted(names)[:10]
+    import onnx
+
+    graph = onnx.load(str(exported.directory / "model.fp16.onnx")).graph
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    assert convs and not set(convs) & names
+
+
 def test_an_engine_is_not_called_fp16_unless_every_convolution_is():
     check_conv_precision({"a": "FP16", "b": "FP16"}, "fp16", "model.engine")
     with pytest.raises(ExportError, match="1 of 2 convolutions do not run in FP16"):
         check_conv_precision({"a": "FP16", "b": "FP32"}, "fp16", "model.engine")
-    with pytest.raises(ExportError, match="no convolution"):
+    with pytest.raises(ExportError, match="no convolution of the backbone"):
         check_conv_precision({}, "fp16", "model.engine")
     check_conv_precision({"a": "FP32"}, "fp32", "model.engine")
 
@@ -207,7 +272,10 @@ def test_builder_code_type_checks_against_tensorrt_stubs(tmp_path):
     config = tmp_path / "mypy.ini"
     config.write_text("[mypy]\nfollow_imports = silent\n"
                       "[mypy-tensorrt_libs]\nignore_missing_imports = True\n"
-                      "[mypy-cuda.*]\nignore_missing_imports = True\n")
+                      "[mypy-cuda.*]\nignore_missing_imports = True\n"
+                      # export/ installs as pmtiqa_deploy.export (package-dir), which mypy
+                      # run on the file alone cannot resolve; its own modules are not under test
+                      "[mypy-pmtiqa_deploy.export.*]\nignore_missing_imports = True\n")
     def mypy(*args):
         return subprocess.run(
             [sys.executable, "-m", "mypy", "--config-file", str(config),

@@ -376,6 +376,8 @@ def test_plan_compatibility_rules():
         check(plan(tensorrt_version="10.13.0.35"), "10.14.1.48", False, hopper)
     with pytest.raises(SpecError, match="newer than this runtime"):
         check(plan(tensorrt_version="11.4.0", version_compatible=True), "10.13.0", False, hopper)
+    with pytest.raises(SpecError, match="newer than this runtime"):
+        check(plan(tensorrt_version="11.4.0", version_compatible=True), "11.2.1", True, hopper)
     with pytest.raises(SpecError, match="tensorrt_lean runs only version-compatible"):
         check(plan(version_compatible=False), "11.4.0", True, hopper)
     with pytest.raises(SpecError, match="compute capability 8.6; this GPU \\(H100\\) is 9.0"):
@@ -383,6 +385,31 @@ def test_plan_compatibility_rules():
     with pytest.raises(SpecError, match="8.0\\+"):
         check(plan(compute_capability="8.0+"), "10.13.0", False, turing)
     assert module.parse_compute_capability("sm_89") == ((8, 9), False)
+
+
+@pytest.mark.parametrize("built, here, runs", [
+    # TensorRT 11.4's support matrix: "Two combinations are supported across major versions:
+    # TensorRT 10 version-compatible engines can run with a TensorRT 11 runtime, and
+    # TensorRT 8 version-compatible engines can run with a TensorRT 10 runtime. No other
+    # combination across major versions is supported. For example, a TensorRT 8 engine
+    # cannot run with a TensorRT 11 runtime." Within a major: newer runtimes, from 8.6.
+    ("10.13.0.35", "11.4.0.106", True), ("10.16.1", "11.0.0", True), ("8.6.1", "10.13.0", True),
+    ("11.1.0", "11.4.0", True), ("11.4.0", "11.4.0", True), ("8.6.1", "8.6.1", True),
+    ("8.6.1", "11.4.0", False), ("8.6.1", "9.3.0", False), ("9.3.0", "11.4.0", False),
+    ("11.4.0", "11.1.0", False), ("11.0.0", "10.16.1", False), ("8.5.3", "8.6.1", False),
+    ("10.0.0", "12.0.0", False),
+])
+def test_version_compatible_plans_follow_the_support_matrix(built, here, runs):
+    module = _tensorrt()
+    from pmtiqa_deploy.device import DeviceInfo
+
+    artifact = Artifact("model.engine", "tensorrt", "fp16", "0" * 64, tensorrt_version=built,
+                        version_compatible=True)
+    if runs:
+        module.check_plan_compatibility(artifact, here, True, DeviceInfo(0, "H200", (9, 0)))
+    else:
+        with pytest.raises(SpecError, match=f"built by TensorRT {built} and this runtime is {here}"):
+            module.check_plan_compatibility(artifact, here, True, DeviceInfo(0, "H200", (9, 0)))
     with pytest.raises(SpecError, match="not of the form"):
         module.parse_compute_capability("hopper")
 
