@@ -104,6 +104,19 @@ std::vector<int> version_numbers(const std::string& text) {
     return out;
 }
 
+// Why a version-compatible plan built by `built` cannot run on runtime `here`, or "" when
+// it can: TensorRT 11.4's support matrix (tensorrt.py's version_compatible_plan_runs):
+// same major and not older, from 8.6; across majors only 10.x plans on 11.x and 8.x on 10.x.
+std::string version_compatible_refusal(const std::vector<int>& built, const std::vector<int>& here) {
+    auto at_least_8_6 = [](const std::vector<int>& v) { return v.size() >= 2 && (v[0] > 8 || (v[0] == 8 && v[1] >= 6)); };
+    if (built.empty() || here.empty()) return "";
+    if (!at_least_8_6(built) || !at_least_8_6(here)) return "version compatibility starts with TensorRT 8.6";
+    if (built[0] == here[0]) return here < built ? "newer than this runtime: upgrade TensorRT" : "";
+    if ((built[0] == 10 && here[0] == 11) || (built[0] == 8 && here[0] == 10)) return "";
+    if (built[0] > here[0]) return "newer than this runtime: upgrade TensorRT";
+    return "TensorRT runs version-compatible plans across majors only as 10.x on 11.x and 8.x on 10.x";
+}
+
 // The plan must fit this runtime and GPU (tensorrt.py's check_plan_compatibility).
 void check_plan(const Artifact& artifact, int device, const std::string& gpu_name, int major, int minor) {
     const std::string rebuild = "rebuild the engine on this machine with pmtiqa-export (or export it "
@@ -111,12 +124,19 @@ void check_plan(const Artifact& artifact, int device, const std::string& gpu_nam
     int lib = getInferLibVersion();  // major * 10000 + minor * 100 + patch since TensorRT 10
     std::vector<int> here{lib / 10000, (lib / 100) % 100, lib % 100};
     std::string here_text = std::to_string(here[0]) + "." + std::to_string(here[1]) + "." + std::to_string(here[2]);
+#ifdef PMTIQA_TENSORRT_LEAN
+    if (!artifact.version_compatible.value_or(false))
+        fail(PMTIQA_ERROR_SPEC, artifact.file + " is not version-compatible and this library is linked with "
+                                    "TensorRT's lean runtime, which runs only version-compatible plans: link the "
+                                    "full libnvinfer or " + rebuild);
+#endif
     if (artifact.tensorrt_version) {
         std::vector<int> built = version_numbers(*artifact.tensorrt_version);
         if (artifact.version_compatible.value_or(false)) {
-            if (here < built)
+            std::string why = version_compatible_refusal(built, here);
+            if (!why.empty())
                 fail(PMTIQA_ERROR_SPEC, artifact.file + " was built by TensorRT " + *artifact.tensorrt_version +
-                                            ", newer than this runtime (" + here_text + "): upgrade TensorRT");
+                                            " and this runtime is " + here_text + ": " + why + "; or " + rebuild);
         } else {
             size_t n = std::min(built.size(), here.size());
             if (!std::equal(built.begin(), built.begin() + n, here.begin()))

@@ -3,10 +3,14 @@
  * message, never crash or write into the caller's outputs. Built by CMake as
  * pmtiqa_abi_check and run by tests/native/test_cabi.py, also under AddressSanitizer.
  *
- *   pmtiqa_abi_check MODEL_DIR NEWER_SCHEMA_DIR SCRATCH_DIR
+ *   pmtiqa_abi_check MODEL_DIR NEWER_SCHEMA_DIR SCRATCH_DIR [ENGINE_DIR_WITHOUT_GPU]
  *
  * MODEL_DIR: an exported model; NEWER_SCHEMA_DIR: a copy whose model.json has a newer
  * schema major; SCRATCH_DIR: a writable folder for the broken image files made here.
+ * ENGINE_DIR_WITHOUT_GPU (given only on a machine without a CUDA device): a copy whose
+ * model.json also lists a TensorRT engine: opening it with the TensorRT backend must be
+ * PMTIQA_ERROR_BACKEND_UNAVAILABLE (whether or not the backend was built), and AUTO must
+ * fall back to the CPU backend.
  * Prints one line per check and "N passed, M failed"; exits 1 if any failed.
  */
 #include <math.h>
@@ -58,8 +62,8 @@ int main(int argc, char** argv) {
     static const unsigned char garbage[] = "this is not an image at all";
     int i;
 
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s MODEL_DIR NEWER_SCHEMA_DIR SCRATCH_DIR\n", argv[0]);
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: %s MODEL_DIR NEWER_SCHEMA_DIR SCRATCH_DIR [ENGINE_DIR_WITHOUT_GPU]\n", argv[0]);
         return 2;
     }
     check("ABI version matches the header", pmtiqa_abi_version() == PMTIQA_ABI_VERSION);
@@ -100,6 +104,25 @@ int main(int argc, char** argv) {
         options.backend = PMTIQA_BACKEND_TENSORRT;
         expect("open(tensorrt, not built)", pmtiqa_open(argv[1], &options, &model),
                PMTIQA_ERROR_BACKEND_UNAVAILABLE, "TensorRT");
+    }
+
+    if (argc > 4) {
+        int built = pmtiqa_backend_available(PMTIQA_BACKEND_TENSORRT);
+        pmtiqa_options_init(&options);
+        options.backend = PMTIQA_BACKEND_TENSORRT;
+        expect(built ? "open(tensorrt, built, no GPU)" : "open(tensorrt, not built, engine listed)",
+               pmtiqa_open(argv[4], &options, &model), PMTIQA_ERROR_BACKEND_UNAVAILABLE,
+               built ? "no usable CUDA device" : "built without the TensorRT backend");
+        check("failed open leaves *model NULL", model == NULL);
+        pmtiqa_options_init(&options);
+        expect("open(auto, engine listed, no GPU)", pmtiqa_open(argv[4], &options, &model), PMTIQA_OK, NULL);
+        if (model) {
+            info.struct_size = sizeof(info);
+            expect("get_info(auto)", pmtiqa_get_info(model, &info), PMTIQA_OK, NULL);
+            check("auto fell back to the CPU backend", info.backend == PMTIQA_BACKEND_CPU);
+            pmtiqa_close(model);
+            model = NULL;
+        }
     }
 
     options_v2[sizeof(pmtiqa_options) + 3] = 0;

@@ -7,15 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from native_support import IN_CI, cmake_build, export, make_checkpoint, python_scores, write_photos
+from native_support import (
+    IN_CI, cmake_build, export, make_checkpoint, python_scores, tensorrt_options, write_photos)
 
 
 @pytest.fixture(scope="session")
 def native_build(tmp_path_factory) -> Path:
     """The Release build: libpmtiqa, examples/score_images, the ABI check, and (where nvcc
-    is, which CI requires) the CUDA kernel and its GPU check."""
+    is, which CI requires) the CUDA kernel, its GPU check and the TensorRT backend, linked
+    against the lean runtime and compiled against the 10.16 headers too."""
     cuda = "ON" if IN_CI else "AUTO"
-    return cmake_build(tmp_path_factory.mktemp("native") / "build", f"-DPMTIQA_WITH_CUDA={cuda}")
+    return cmake_build(tmp_path_factory.mktemp("native") / "build", f"-DPMTIQA_WITH_CUDA={cuda}",
+                       *tensorrt_options())
 
 
 @pytest.fixture(scope="session")

@@ -183,12 +183,61 @@ def newer_schema_copy(model_dir: Path, folder: Path) -> Path:
     return folder
 
 
+def engine_listed_copy(model_dir: Path, folder: Path) -> Path:
+    """A copy of the model directory whose model.json also lists a TensorRT engine (a file
+    that is not a plan: nothing may read it on a machine without a GPU)."""
+    import dataclasses
+
+    from pmtiqa_deploy.spec import Artifact, ModelSpec, sha256_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").symlink_to(model_dir / "model.onnx")
+    (folder / "model.engine").write_bytes(b"not a TensorRT plan")
+    engine = Artifact("model.engine", "tensorrt", "fp16", sha256_file(folder / "model.engine"),
+                      tensorrt_version="11.4.0", compute_capability="9.0", version_compatible=True)
+    spec = ModelSpec.load(model_dir)
+    dataclasses.replace(spec, artifacts=spec.artifacts + (engine,)).save(folder)
+    return folder
+
+
+def has_cuda_device() -> bool:
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        return False
+    err, count = runtime.cudaGetDeviceCount()
+    return err == runtime.cudaError_t.cudaSuccess and count > 0
+
+
+def tensorrt_options() -> list[str]:
+    """CMake options that build the TensorRT backend against the vendored TensorRT 11.1
+    headers and the lean runtime of the tensorrt-lean-cu13 wheel (the dev extra), and
+    compile it against the 10.16 headers too. Empty where the wheel is missing (the
+    build then says why it has no TensorRT backend); in CI the wheel must be there."""
+    import importlib.util
+
+    found = importlib.util.find_spec("tensorrt_lean_libs")
+    library = Path(found.origin).parent / "libnvinfer_lean.so.11" if found and found.origin else None
+    if library is None or not library.is_file():
+        if IN_CI:
+            pytest.fail("tensorrt-lean-cu13 (the dev extra) must be installed in CI: the TensorRT "
+                        "backend is compiled and linked against its libnvinfer_lean.so.11")
+        return []
+    third_party = NATIVE / "third_party"
+    return [f"-DTensorRT_INCLUDE_DIR={third_party / 'tensorrt-11.1' / 'include'}",
+            f"-DTensorRT_LIBRARY={library}",
+            f"-DPMTIQA_TENSORRT_CHECK_HEADERS={third_party / 'tensorrt-10.16' / 'include'}"]
+
+
 def run_abi_check(driver: Path, model_dir: Path, scratch: Path, env: dict[str, str] | None = None) -> str:
-    """Run native/tests/abi_check.c's driver; its output on failure."""
+    """Run native/tests/abi_check.c's driver; its output on failure. Without a CUDA device
+    it also checks that a spec listing an engine opens as BACKEND_UNAVAILABLE with the
+    TensorRT backend and falls back to the CPU with AUTO."""
     newer = newer_schema_copy(model_dir, scratch / "newer")
     work = scratch / "scratch"
     work.mkdir()
-    done = subprocess.run([str(driver), str(model_dir), str(newer), str(work)], capture_output=True,
+    extra = [] if has_cuda_device() else [str(engine_listed_copy(model_dir, scratch / "engine"))]
+    done = subprocess.run([str(driver), str(model_dir), str(newer), str(work), *extra], capture_output=True,
                           text=True, timeout=600, env=env)
     output = done.stdout + done.stderr
     print(output[-3000:])

@@ -87,11 +87,19 @@ def test_kernel_matches_host_preprocessing_on_a_gpu(native_build):
 
 
 def test_tensorrt_backend_is_built_exactly_where_tensorrt_is_found(native_build, library):
+    """In CI the TensorRT backend is compiled and linked (vendored 11.1 headers, the lean
+    runtime of the tensorrt-lean-cu13 wheel) and compiled against the 10.16 headers."""
     from native_abi import BACKEND_TENSORRT
 
     log = (native_build / "configure.log").read_text()
     built = "pmtiqa: TensorRT backend:" in log
     assert library.pmtiqa_backend_available(BACKEND_TENSORRT) == int(built)
+    if built:
+        assert "headers 11.1" in log and "libnvinfer_lean.so.11" in log, log
+        assert "TensorRT lean runtime: version-compatible plans only" in log
+        assert "also compiled against" in log and "tensorrt-10.16" in log, log
+    if IN_CI and not built:
+        pytest.fail("CI must compile and link the TensorRT backend: " + log[-2000:])
     if not built:
         reason = re.search(r"building without the TensorRT backend \((.*)\)", log)
         pytest.skip(f"TensorRT is not installed here, so its backend was not compiled: "
