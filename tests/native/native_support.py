@@ -200,15 +200,6 @@ def engine_listed_copy(model_dir: Path, folder: Path) -> Path:
     return folder
 
 
-def has_cuda_device() -> bool:
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        return False
-    err, count = runtime.cudaGetDeviceCount()
-    return err == runtime.cudaError_t.cudaSuccess and count > 0
-
-
 def tensorrt_options() -> list[str]:
     """CMake options that build the TensorRT backend against the vendored TensorRT 11.1
     headers and the lean runtime of the tensorrt-lean-cu13 wheel (the dev extra), and
@@ -236,7 +227,10 @@ def run_abi_check(driver: Path, model_dir: Path, scratch: Path, env: dict[str, s
     newer = newer_schema_copy(model_dir, scratch / "newer")
     work = scratch / "scratch"
     work.mkdir()
-    extra = [] if has_cuda_device() else [str(engine_listed_copy(model_dir, scratch / "engine"))]
+    from pmtiqa_deploy.export.tensorrt import gpu_compute_capability
+
+    no_gpu = gpu_compute_capability() is None
+    extra = [str(engine_listed_copy(model_dir, scratch / "engine"))] if no_gpu else []
     done = subprocess.run([str(driver), str(model_dir), str(newer), str(work), *extra], capture_output=True,
                           text=True, timeout=600, env=env)
     output = done.stdout + done.stderr

@@ -31,12 +31,9 @@ def images(tmp_path_factory) -> list[Path]:
 
 
 def _has_gpu() -> bool:
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        return False
-    err, count = runtime.cudaGetDeviceCount()
-    return err == runtime.cudaError_t.cudaSuccess and count > 0
+    from pmtiqa_deploy.export.tensorrt import gpu_compute_capability
+
+    return gpu_compute_capability() is not None
 
 
 def _choose(backend, preprocess, decode="cpu"):
