@@ -75,6 +75,7 @@ def test_kernel_source_run_on_the_cpu_matches_host_preprocessing(native_build):
     assert done.returncode == 0 and " 0 failed" in done.stdout, done.stdout + done.stderr
 
 
+@pytest.mark.gpu
 def test_kernel_matches_host_preprocessing_on_a_gpu(native_build):
     check = native_build / "pmtiqa_kernel_check"
     if not check.is_file():

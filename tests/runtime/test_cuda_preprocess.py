@@ -121,6 +121,7 @@ def test_preprocessor_without_a_gpu_is_unavailable():
 
 # --- GPU only -------------------------------------------------------------------------
 
+@pytest.mark.gpu
 def test_device_buffers_events_and_graphs():
     _gpu()
     from pmtiqa_deploy import device as cuda
