@@ -8,6 +8,8 @@ Per backend and batch size, one `BenchRow`:
   split where the backend measures it (TensorRT with timing=True);
 - end-to-end: `Scorer.score_files` over the image files (decode, preprocess, batching,
   inference, overlapped as users run it): images/s, and the scores used for agreement;
+  `preprocess` ("auto", "cpu", "gpu") is the Scorer's choice, and each row's `preprocess`
+  column says where its crops were made;
 - memory: peak host RSS during the row (the kernel's high-water mark, reset before each
   row where /proc allows it), device memory where the backend runs on a GPU.
 Agreement (pmtiqa_deploy.agreement): SRCC/PLCC/max abs difference against the torch
@@ -73,6 +75,7 @@ class BenchRow:
     precision: str
     batch: int
     status: str = "ok"
+    preprocess: str | None = None  # "cpu" or "gpu": where the end-to-end crops were made
     file: str | None = None
     file_bytes: int | None = None
     mean_ms: float | None = None
@@ -220,7 +223,7 @@ def run_benchmark(model_dir: str | os.PathLike, images: BenchImages, *,
                   backends: Sequence[str | BackendChoice] = DEFAULT_BACKENDS,
                   batches: Sequence[int] = (1, 8), warmup: int = 3, iterations: int = 20,
                   checkpoint: str | os.PathLike | None = None, device: str | None = None,
-                  threads: int | None = None, workers: int | None = None,
+                  threads: int | None = None, workers: int | None = None, preprocess: str = "auto",
                   log: Callable[[str], None] = lambda message: None,
                   show_progress: bool = False) -> BenchResult:
     """Benchmark every backend at every batch size (see the module docstring); with
@@ -254,7 +257,8 @@ def run_benchmark(model_dir: str | os.PathLike, images: BenchImages, *,
             continue
         with backend:
             for batch in batches:
-                row = _measure(result, backend, batch, crops, warmup, iterations, workers, baseline)
+                row = _measure(result, backend, batch, crops, warmup, iterations, workers, baseline,
+                               preprocess)
                 log(f"  batch {batch}: {row.status}" if row.status != "ok" else
                     f"  batch {batch}: p50 {row.p50_ms:.2f} ms, {row.images_per_s:.1f} images/s, "
                     f"end to end {row.end_to_end_images_per_s or 0:.1f} images/s")
@@ -265,7 +269,7 @@ def run_benchmark(model_dir: str | os.PathLike, images: BenchImages, *,
 
 
 def _measure(result: BenchResult, backend: Any, batch: int, crops: list[np.ndarray], warmup: int,
-             iterations: int, workers: int | None, baseline: float | None) -> BenchRow:
+             iterations: int, workers: int | None, baseline: float | None, preprocess: str = "auto") -> BenchRow:
     """One row: model-only, then end to end, through a Scorer at this batch size. A backend
     that fails here (out of device memory at a large batch, say) gets a "failed" row."""
     path = getattr(backend, "path", None)
@@ -278,7 +282,8 @@ def _measure(result: BenchResult, backend: Any, batch: int, crops: list[np.ndarr
 
         torch.cuda.reset_peak_memory_stats()
     try:
-        with Scorer(backend, batch_size=batch, workers=workers) as scorer:
+        with Scorer(backend, batch_size=batch, workers=workers, preprocess=preprocess) as scorer:
+            row.preprocess = scorer.stage.name
             result.latencies_ms[key] = _model_only(scorer, crops, row, warmup, iterations)
             result.scores[key] = _end_to_end(scorer, result.images.paths if result.images else (), row)
     except PmtIqaError as exc:

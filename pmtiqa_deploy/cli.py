@@ -30,7 +30,7 @@ _SCORE_LOCAL = {"model_dir": "--model", "backend": "--backend", "precision": "--
                 "preprocess": "--preprocess", "decode": "--decode", "cuda_graph": "--cuda-graph"}
 _BENCH_LOCAL = {"model_dir": "--model", "backends": "--backend", "checkpoint": "--checkpoint",
                 "device": "--device", "threads": "--threads", "workers": "--workers",
-                "plot_path": "--plot", "min_srcc": "--min-srcc", "min_srcc_mos": "--min-srcc-mos"}
+                "preprocess": "--preprocess", "plot_path": "--plot", "min_srcc": "--min-srcc", "min_srcc_mos": "--min-srcc-mos"}
 _BENCH_SERVER = {"concurrency_text": "--concurrency", "time_limit": "--time-limit"}
 
 
@@ -244,6 +244,9 @@ def _batches(text: str, what: str = "batch sizes") -> list[int]:
 @click.option("--threads", type=click.IntRange(min=1),
               help="Inference threads for onnxruntime and torch alike (compare at equal threads).")
 @click.option("--workers", type=click.IntRange(min=1), help="Decode threads end to end [min(4, CPUs)].")
+@click.option("--preprocess", default="auto", show_default=True, type=click.Choice(PREPROCESS_CHOICES),
+              help="Where the end-to-end crops are made (cpu, gpu, or auto: GPU when the backend runs "
+                   "on one); the table's preprocess column says which each row used.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the rows (and machine/date) as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -253,8 +256,8 @@ def _batches(text: str, what: str = "batch sizes") -> list[int]:
 @click.option("--min-srcc", type=float, help="Budget: fail when SRCC vs PyTorch is below it.")
 @click.option("--min-srcc-mos", type=float, help="Budget: fail when SRCC vs MOS is below it.")
 def bench_command(model_dir, server, concurrency_text, time_limit, backends, batch_text, images, builtin,
-                  builtin_dir, limit, warmup, iterations, checkpoint, device, threads, workers, json_path,
-                  plot_path, max_p99_ms, min_images_per_s, min_srcc, min_srcc_mos) -> None:
+                  builtin_dir, limit, warmup, iterations, checkpoint, device, threads, workers, preprocess,
+                  json_path, plot_path, max_p99_ms, min_images_per_s, min_srcc, min_srcc_mos) -> None:
     """Benchmark backends: latency percentiles, images/s model-only and end to end, memory,
     and agreement with PyTorch (SRCC, PLCC, max abs difference) and with MOS.
 
@@ -306,7 +309,7 @@ def bench_command(model_dir, server, concurrency_text, time_limit, backends, bat
                   else bench.images_from_folder(images, limit))
         result = bench.run_benchmark(model_dir, chosen, backends=choices, batches=batches,
                                      warmup=warmup, iterations=iterations, checkpoint=checkpoint,
-                                     device=device, threads=threads, workers=workers,
+                                     device=device, threads=threads, workers=workers, preprocess=preprocess,
                                      log=progress_write, show_progress=True)
     except (PmtIqaError, ValueError) as exc:
         _fail(str(exc))

@@ -21,7 +21,7 @@ from pmtiqa_deploy.bench import BenchResult, BenchRow
 from pmtiqa_deploy.spec import atomic_write_bytes
 
 
-TABLE_COLUMNS = ("backend", "precision", "batch", "status", "file size", "SRCC vs PyTorch",
+TABLE_COLUMNS = ("backend", "precision", "batch", "status", "preprocess", "file size", "SRCC vs PyTorch",
                  "SRCC vs MOS", "p50 ms", "p99 ms", "images/s", "end-to-end images/s")
 
 
@@ -42,7 +42,7 @@ def table(rows: Sequence[BenchRow]) -> str:
                 notes.append(status)
             status = f"{status.split(':')[0]} [{notes.index(status) + 1}]"
         size = "-" if r.file_bytes is None else f"{r.file_bytes / 2**20:.1f} MiB"
-        lines.append((r.backend, r.precision, str(r.batch), status, size, _fmt(r.srcc_vs_torch, 4),
+        lines.append((r.backend, r.precision, str(r.batch), status, r.preprocess or "-", size, _fmt(r.srcc_vs_torch, 4),
                       _fmt(r.srcc_vs_mos, 4), _fmt(r.p50_ms), _fmt(r.p99_ms), _fmt(r.images_per_s, 1),
                       _fmt(r.end_to_end_images_per_s, 1)))
     widths = [max(len(line[i]) for line in lines) for i in range(len(TABLE_COLUMNS))]

@@ -97,6 +97,19 @@ def test_budgets_fail_the_command_naming_the_budget(null_dir, labelled, flag, va
     assert f"budget failed: {named}" in result.stderr
 
 
+def test_each_row_says_where_its_crops_were_made(null_dir, labelled):
+    images = bench.images_from_folder(labelled, 4)
+    auto = bench.run_benchmark(null_dir, images, backends=["null"], batches=[2], warmup=0, iterations=1)
+    assert [r.preprocess for r in auto.rows] == ["cpu"]  # auto: the null backend takes host arrays
+    assert "preprocess" in report.table(auto.rows).splitlines()[0]
+    gpu = bench.run_benchmark(null_dir, images, backends=["null"], batches=[2], warmup=0, iterations=1,
+                              preprocess="gpu")
+    assert gpu.rows[0].status.startswith("failed: GPU preprocessing cannot run: the null backend")
+    result = _bench("--model", null_dir, "--images", labelled, "--backend", "null", "--batch", "2",
+                    "--iterations", "1", "--warmup", "0", "--preprocess", "cpu")
+    assert result.exit_code == 0 and " cpu " in result.stdout.splitlines()[1], result.output
+
+
 def test_budgets_met_exit_0(null_dir, labelled):
     result = _bench("--model", null_dir, "--images", labelled, "--backend", "null", "--batch", "2",
                     "--iterations", "2", "--max-p99-ms", "60000", "--min-images-per-s", "0.01",
