@@ -64,7 +64,7 @@ class GpuDecoder:
                 continue
         if parsed:
             decoded = self._decoder.decode([s for _, s in parsed], params=self._params,
-                                           cuda_stream=int(stream or 0))
+                                           cuda_stream=0 if stream is None else int(stream))
             for (i, _), image in zip(parsed, decoded):
                 images[i] = image
         return images

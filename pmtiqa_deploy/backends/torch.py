@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pmtiqa_deploy.backends.base import Backend
-from pmtiqa_deploy.errors import BackendUnavailable, SpecError
+from pmtiqa_deploy.errors import BackendUnavailable, InputError, SpecError
 from pmtiqa_deploy.spec import InputSpec, ModelSpec, PreprocessSpec, sha256_file
 from pmtiqa_deploy.train.checkpoint import WEIGHTS_FILE, load_checkpoint, read_checkpoint_info
 
@@ -198,7 +198,9 @@ class TorchBackend(Backend):
         """The address of the persistent input tensor (sized for the spec's largest batch)."""
         if not self.device_input:
             raise ValueError("the torch backend takes device input only with device='cuda'")
-        self.check_input(np.empty(self.spec.input_shape(batch), dtype=self.spec.input.dtype))
+        low, high = self.spec.input.batch_min, self.spec.input.batch_max
+        if not low <= batch <= high:
+            raise InputError(f"{self.name}: batch {batch} is outside the model's range {low}..{high}")
         if self._device_in is None:
             dtype = getattr(torch, self.spec.input.dtype)
             self._device_in = torch.empty(self.spec.input_shape(self.spec.input.batch_max), dtype=dtype,
