@@ -30,7 +30,8 @@ _SCORE_LOCAL = {"model_dir": "--model", "backend": "--backend", "precision": "--
                 "preprocess": "--preprocess", "decode": "--decode", "cuda_graph": "--cuda-graph"}
 _BENCH_LOCAL = {"model_dir": "--model", "backends": "--backend", "checkpoint": "--checkpoint",
                 "device": "--device", "threads": "--threads", "workers": "--workers",
-                "preprocess": "--preprocess", "plot_path": "--plot", "min_srcc": "--min-srcc", "min_srcc_mos": "--min-srcc-mos"}
+                "preprocess": "--preprocess", "plot_path": "--plot", "min_srcc": "--min-srcc",
+                "min_srcc_mos": "--min-srcc-mos"}
 _BENCH_SERVER = {"concurrency_text": "--concurrency", "time_limit": "--time-limit"}
 
 
