@@ -11,8 +11,9 @@ import click
 EXIT_CODES = """\b
 Exit codes:
   0  every asked-for artifact written and parity passed (or --allow-drift given)
-  1  parity failed: an artifact disagrees with PyTorch beyond its tolerance;
-     nothing written (re-run with --allow-drift to write anyway)
+  1  parity failed: an artifact disagrees with PyTorch beyond its tolerance
+     (INT8: SRCC below --int8-min-srcc); nothing written (re-run with
+     --allow-drift to write anyway)
   2  usage or input error (bad option, unreadable checkpoint, no parity images)
   3  ONNX files, model.json and parity.json written, but no engine: TensorRT's
      builder or a GPU is missing here (--no-engine makes this 0)
@@ -80,11 +81,23 @@ a repository that cannot be written is exit 4 (the model files are written)."""
               help="Instance kind of the repository's network [gpu; python: cpu].")
 @click.option("--triton-instances", type=click.IntRange(min=1), default=1, show_default=True,
               help="Copies of the repository's network per GPU (or on the CPU).")
+@click.option("--int8", is_flag=True,
+              help="Also write model.int8.onnx (ONNX Runtime static quantization, QDQ: uint8 "
+              "activations, int8 per-channel weights, heads FP32) and, where an engine is built, "
+              "model.int8.engine (TensorRT explicit INT8).")
+@click.option("--int8-min-srcc", type=click.FloatRange(0.0, 1.0), default=0.999, show_default=True,
+              help="The INT8 gate: SRCC against PyTorch FP32 on the parity images; below it the "
+              "export fails (exit 1).")
+@click.option("--calibration-images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Folder of images to calibrate INT8 on (default: the checkpoint's "
+              "training images, one per distortion type and level on the built-in dataset).")
+@click.option("--calibration-limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Calibration images to use.")
 def export_command(checkpoint: Path, out_dir: Path, crop_count, batch_min, batch_opt, batch_max,
                    input_dtype, fp16, engine, opset, workspace_mib, timing_cache, version_compatible,
                    exclude_lean_runtime, debug_outputs, parity_images, parity_limit, builtin_dir,
                    allow_drift, threads, triton_repo, triton_network, triton_device,
-                   triton_instances) -> None:
+                   triton_instances, int8, int8_min_srcc, calibration_images, calibration_limit) -> None:
     """Export a PMT-IQA checkpoint (a directory from pmtiqa-train) to ONNX FP32, ONNX FP16
     and a TensorRT engine, write model.json (the spec) beside them, and check every
     artifact against PyTorch on real images (parity.json)."""
@@ -92,6 +105,9 @@ def export_command(checkpoint: Path, out_dir: Path, crop_count, batch_min, batch
 
     if exclude_lean_runtime and not version_compatible:
         raise click.UsageError("--exclude-lean-runtime needs --version-compatible")
+    if not int8 and (calibration_images is not None or
+                     click.get_current_context().get_parameter_source("int8_min_srcc").name != "DEFAULT"):
+        raise click.UsageError("--int8-min-srcc and --calibration-images go with --int8")
     triton = _triton_options(triton_repo, triton_network, triton_device, triton_instances, engine,
                              workspace_mib)
     try:
@@ -110,7 +126,8 @@ def export_command(checkpoint: Path, out_dir: Path, crop_count, batch_min, batch
                                          version_compatible=version_compatible,
                                          exclude_lean_runtime=exclude_lean_runtime),
             parity_images=parity_images, parity_limit=parity_limit, builtin_dir=builtin_dir,
-            allow_drift=allow_drift, threads=threads)
+            allow_drift=allow_drift, threads=threads, int8=int8, int8_min_srcc=int8_min_srcc,
+            calibration_images=calibration_images, calibration_limit=calibration_limit)
         options.input_spec()  # batch range and dtype checks before any heavy work
         result = export_model(checkpoint, out_dir, options, log=lambda m: click.echo(m, err=True))
     except ParityError as exc:

@@ -13,7 +13,9 @@ Tolerances (`TOLERANCES`), with max abs stated in points on a 0..100 scale and s
 | ONNX FP16 (ONNX Runtime) | 1.0      | >= 0.999  |
 | TensorRT engine (FP16)   | 1.0      | >= 0.999  |
 | TensorRT engine (FP32)   | 1e-2     | >= 0.9999 |
-FP32 ONNX must reproduce PyTorch to rounding. FP16 is judged on ranking (SRCC); its max
+| ONNX INT8 (ONNX Runtime) | 5.0      | >= --int8-min-srcc (0.999) |
+| TensorRT engine (INT8)   | 5.0      | >= --int8-min-srcc (0.999) |
+FP32 ONNX must reproduce PyTorch to rounding. FP16 and INT8 are judged on ranking (SRCC); their max
 abs bound is a guard against an offset or scale error that ranks would not show (a
 wrong normalisation, a lost mean), not a precision target. An undefined SRCC (constant
 scores, fewer than two images) fails: parity then proves nothing.
@@ -53,6 +55,8 @@ TOLERANCES = {
     "onnxruntime-fp16": Tolerance(1.0, 0.999),
     "tensorrt-fp16": Tolerance(1.0, 0.999),
     "tensorrt-fp32": Tolerance(1e-2, 0.9999),
+    "onnxruntime-int8": Tolerance(5.0, 0.999),
+    "tensorrt-int8": Tolerance(5.0, 0.999),
 }
 
 
@@ -107,9 +111,10 @@ class ParityReport:
 
 
 def judge(backend: str, artifact: str, scores: np.ndarray, reference: np.ndarray,
-          score_range: tuple[float, float]) -> BackendParity:
-    """Compare one backend's scores with the reference under its tolerance."""
-    tolerance = TOLERANCES[backend]
+          score_range: tuple[float, float], tolerance: Tolerance | None = None) -> BackendParity:
+    """Compare one backend's scores with the reference under its tolerance (the table's,
+    unless `tolerance` is given: the INT8 gate's --int8-min-srcc)."""
+    tolerance = tolerance or TOLERANCES[backend]
     result = agreement(scores, reference)
     allowed = tolerance.max_abs(*score_range)
     passed = (not math.isnan(result.srcc) and result.srcc >= tolerance.min_srcc

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pmtiqa_deploy.errors import BackendUnavailable, ExportError, ParityError
+from pmtiqa_deploy.export.int8 import CalibrationSet
 from pmtiqa_deploy.export.onnx import DEFAULT_OPSET
 from pmtiqa_deploy.export.parity import ParityReport
 from pmtiqa_deploy.export.tensorrt import EngineOptions, EngineReport
@@ -32,7 +33,8 @@ from pmtiqa_deploy.spec import (
     SPEC_FILENAME, Artifact, InputSpec, ModelSpec, atomic_write_bytes, sha256_file)
 
 ONNX_FP32, ONNX_FP16, ENGINE, PARITY = "model.onnx", "model.fp16.onnx", "model.engine", "parity.json"
-OUTPUT_FILES = (ONNX_FP32, ONNX_FP16, ENGINE, PARITY, SPEC_FILENAME)
+ONNX_INT8, ENGINE_INT8 = "model.int8.onnx", "model.int8.engine"
+OUTPUT_FILES = (ONNX_FP32, ONNX_FP16, ONNX_INT8, ENGINE, ENGINE_INT8, PARITY, SPEC_FILENAME)
 EXPORTER = "torch.onnx TorchScript exporter (dynamo=False)"
 
 
@@ -55,6 +57,10 @@ class ExportOptions:
     builtin_dir: Path | None = None
     allow_drift: bool = False
     threads: int | None = None  # ONNX Runtime intra-op threads during parity
+    int8: bool = False  # model.int8.onnx (and model.int8.engine where TensorRT builds)
+    int8_min_srcc: float = 0.999  # the INT8 gate: SRCC vs PyTorch FP32 on the parity images
+    calibration_images: Path | None = None  # None: the checkpoint's training data
+    calibration_limit: int = 50
 
     def input_spec(self) -> InputSpec:
         uint8 = self.input_dtype == "uint8"
@@ -139,6 +145,10 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
             fp16_from_onnx(staging / ONNX_FP32, staging / ONNX_FP16)
             artifacts.append(Artifact(ONNX_FP16, "onnx", "fp16", sha256_file(staging / ONNX_FP16),
                                       opset=options.opset))
+        calibration = None
+        if options.int8:
+            int8_artifact, calibration = _quantize(staging, spec, options, info.training, log)
+            artifacts.append(int8_artifact)
         spec = dataclasses.replace(spec, artifacts=tuple(artifacts))
         for artifact in artifacts:
             check_onnx_against_spec(staging / artifact.file, spec)
@@ -152,6 +162,10 @@ def export_model(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
                                       tensorrt_version=engine.tensorrt_version,
                                       compute_capability=engine.compute_capability,
                                       version_compatible=engine.version_compatible))
+            if calibration is not None:
+                from pmtiqa_deploy.export.tensorrt_int8 import int8_engine_artifact
+
+                artifacts.append(int8_engine_artifact(staging, spec, calibration, options.engine_options, log))
         spec = dataclasses.replace(spec, artifacts=tuple(artifacts),
                                    producer=producer_versions(engine))
 
@@ -186,6 +200,22 @@ def _parity_files(options: ExportOptions, training: dict, log: Callable[[str], N
     references = training.get("test_references") if training.get("dataset") == "builtin" else None
     log("parity images: the built-in dataset's test images (pass --parity-images DIR for others)")
     return builtin_test_images(options.builtin_dir, options.parity_limit, references=references)
+
+
+def _quantize(staging: Path, spec: ModelSpec, options: ExportOptions, training: dict,
+              log: Callable[[str], None]) -> tuple[Artifact, CalibrationSet]:
+    """model.int8.onnx from model.onnx (export/int8.py), calibrated on the training data's
+    images or --calibration-images."""
+    from pmtiqa_deploy.export.int8 import calibration_set, int8_from_onnx
+
+    calibration = calibration_set(training, options.calibration_images, options.calibration_limit)
+    log(f"quantizing to INT8 (uint8 activations, int8 per-channel weights; calibration: "
+        f"{calibration.description})")
+    quantization = int8_from_onnx(staging / ONNX_FP32, staging / ONNX_INT8, spec, calibration)
+    log(f"INT8: {quantization.quantized_convolutions} of {quantization.convolutions} convolutions "
+        f"quantized, {len(quantization.fp32_nodes)} nodes kept in FP32 (the heads from ms_concat on)")
+    return Artifact(ONNX_INT8, "onnx", "int8", sha256_file(staging / ONNX_INT8), opset=options.opset,
+                    quantization=quantization), calibration
 
 
 def _build_engine(staging: Path, spec: ModelSpec, options: ExportOptions,
@@ -229,19 +259,22 @@ def _parity(model, spec: ModelSpec, staging: Path, files: list[Path], options: E
             run = parity.onnxruntime_runner(staging / artifact.file, options.threads)
             scores = parity.batched_scores(run, crops, spec, lambda it: bar(it, name))
         else:
-            scores = _engine_scores(staging, spec, crops, lambda it: bar(it, name))
-        results.append(parity.judge(name, artifact.file, scores, reference, score_range))
+            scores = _engine_scores(staging, spec, artifact.precision, crops, lambda it: bar(it, name))
+        tolerance = parity.TOLERANCES[name]
+        if artifact.precision == "int8":  # the INT8 gate: --int8-min-srcc
+            tolerance = dataclasses.replace(tolerance, min_srcc=options.int8_min_srcc)
+        results.append(parity.judge(name, artifact.file, scores, reference, score_range, tolerance))
     return parity.ParityReport(tuple(str(f) for f in files), tuple(float(s) for s in reference),
                                score_range, tuple(results))
 
 
-def _engine_scores(staging: Path, spec: ModelSpec, crops, progress):
+def _engine_scores(staging: Path, spec: ModelSpec, precision: str, crops, progress):
     """The engine's scores through the runtime's TensorRT backend (the code users run)."""
     from pmtiqa_deploy.backends import backend_class
     from pmtiqa_deploy.export import parity
 
     try:
-        backend = backend_class("tensorrt")(staging, spec)
+        backend = backend_class("tensorrt")(staging, spec, precision=precision)
     except BackendUnavailable as exc:
         raise ExportError(f"the engine was built but cannot be run for its parity check: {exc}") from exc
     with backend:

@@ -44,6 +44,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_MODES = ("none", "fixed", "shorter_side")
 INPUT_DTYPES = ("float32", "float16", "uint8")
 LAYOUTS = ("BNCHW", "BNHWC")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,22 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How an INT8 artifact was made (`pmtiqa-export --int8`): the quantizer, the
+    activation and weight types, the calibration set, and what stayed float32."""
+
+    method: str
+    activations: str
+    weights: str
+    calibration: str
+    calibration_images: int
+    quantized_convolutions: int
+    convolutions: int
+    fp32_nodes: tuple[str, ...] = ()
+    fp32_op_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Artifact:
     """One model file the spec describes, with what it was built for."""
 
@@ -196,12 +213,15 @@ class Artifact:
     tensorrt_version: str | None = None
     compute_capability: str | None = None
     version_compatible: bool | None = None
+    quantization: Quantization | None = None  # INT8 artifacts only
 
     def __post_init__(self) -> None:
         if self.format not in ("onnx", "tensorrt"):
             raise SpecError(f"artifact format must be 'onnx' or 'tensorrt', got {self.format!r}")
-        if self.precision not in ("fp32", "fp16"):
-            raise SpecError(f"artifact precision must be 'fp32' or 'fp16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise SpecError(f"artifact precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if (self.precision == "int8") != (self.quantization is not None):
+            raise SpecError("an artifact records its quantization exactly when its precision is int8")
 
 
 def default_outputs(num_levels: int) -> tuple[OutputSpec, ...]:

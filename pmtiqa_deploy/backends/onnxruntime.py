@@ -1,5 +1,5 @@
-"""ONNX Runtime backend: model.onnx (fp32) or model.fp16.onnx (fp16) on the CPU or CUDA
-execution provider.
+"""ONNX Runtime backend: model.onnx (fp32), model.fp16.onnx (fp16) or model.int8.onnx (int8,
+a QDQ graph from `pmtiqa-export --int8`) on the CPU or CUDA execution provider.
 
 Loader and runner are separate, as in Polygraphy: `session_from_onnx` builds an
 InferenceSession from a file (and is useful on its own, e.g. for parity checks during
@@ -18,7 +18,7 @@ import onnxruntime as ort
 from pmtiqa_deploy.backends.base import Backend
 from pmtiqa_deploy.backends.contract import TensorInfo, check_io
 from pmtiqa_deploy.errors import BackendUnavailable, SpecError
-from pmtiqa_deploy.spec import ModelSpec
+from pmtiqa_deploy.spec import PRECISIONS, ModelSpec
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -72,16 +72,17 @@ def session_io(session: ort.InferenceSession) -> tuple[list[TensorInfo], list[Te
 
 
 class OnnxRuntimeBackend(Backend):
-    """Runs one exported ONNX file. Options: precision "fp32" (model.onnx) or "fp16"
-    (model.fp16.onnx), device "cpu" or "cuda", threads (intra-op threads)."""
+    """Runs one exported ONNX file. Options: precision "fp32" (model.onnx), "fp16"
+    (model.fp16.onnx) or "int8" (model.int8.onnx), device "cpu" or "cuda", threads
+    (intra-op threads)."""
 
     name = "onnxruntime"
 
     def __init__(self, model_dir: str | os.PathLike, spec: ModelSpec | None = None, *,
                  precision: str = "fp32", device: str = "cpu", threads: int | None = None):
         super().__init__(model_dir, spec)
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.precision = precision
         self.device = device
         self.path: Path = self.model_file("onnx", precision)

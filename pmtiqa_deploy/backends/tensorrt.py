@@ -202,7 +202,7 @@ def _pick_artifact(spec: ModelSpec, precision: str | None) -> Artifact:
 
 
 class TensorRTBackend(Backend):
-    """Options: precision "fp16"/"fp32" (default: the spec's fp16 engine, else fp32),
+    """Options: precision "fp16"/"fp32"/"int8" (default: the spec's fp16 engine, else fp32),
     device (GPU index), cuda_graph (replay a captured graph per batch size), timing
     (record h2d/compute/d2h times of each batch in `timings`)."""
 
