@@ -28,10 +28,12 @@ _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _SCORE_LOCAL = {"model_dir": "--model", "backend": "--backend", "precision": "--precision",
                 "threads": "--threads", "device": "--device", "checkpoint": "--checkpoint", "pad": "--pad",
                 "preprocess": "--preprocess", "decode": "--decode", "cuda_graph": "--cuda-graph"}
-_BENCH_LOCAL = {"model_dir": "--model", "backends": "--backend", "checkpoint": "--checkpoint",
-                "device": "--device", "threads": "--threads", "workers": "--workers",
-                "preprocess": "--preprocess", "plot_path": "--plot", "min_srcc": "--min-srcc",
-                "min_srcc_mos": "--min-srcc-mos"}
+_BENCH_LOCAL = {"model_dir": "--model", "backends": "--backend", "precision": "--precision",
+                "checkpoint": "--checkpoint", "device": "--device", "threads_text": "--threads",
+                "workers": "--workers", "preprocess": "--preprocess",
+                "rounds": "--rounds", "e2e_rounds": "--e2e-rounds",
+                "ceiling": "--ceiling/--no-ceiling", "counts_text": "--counts", "plot_path": "--plot",
+                "min_srcc": "--min-srcc", "min_srcc_mos": "--min-srcc-mos"}
 _BENCH_SERVER = {"concurrency_text": "--concurrency", "time_limit": "--time-limit"}
 
 
@@ -57,8 +59,9 @@ def _fail(message: str, code: int = 2) -> NoReturn:
               help="A file of image paths, one a line (repeatable; same as @FILE).")
 @click.option("--backend", default="onnxruntime", show_default=True, type=click.Choice(sorted(BACKENDS)),
               help="Inference backend; 'null' needs only model.json (for testing pipelines).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]),
-              help="Model precision [onnxruntime: fp32; tensorrt: the spec's fp16 engine, else fp32].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Model precision [onnxruntime: fp32; tensorrt: the spec's fp16 engine, else fp32]; "
+                   "int8 runs model.int8.onnx / model.int8.engine (pmtiqa-export --int8).")
 @click.option("--batch", "batch_size", type=click.IntRange(min=1),
               help="Images per batch [the model's optimal batch from model.json].")
 @click.option("--workers", type=click.IntRange(min=1),
@@ -224,11 +227,17 @@ def _batches(text: str, what: str = "batch sizes") -> list[int]:
               help="With --server: concurrent clients to sweep, comma-separated.")
 @click.option("--time-limit", default=60.0, show_default=True, type=click.FloatRange(min=1),
               help="With --server: seconds per concurrency and batch size at most.")
-@click.option("--backend", "backends", multiple=True, metavar="NAME[:fp32|fp16]",
+@click.option("--backend", "backends", multiple=True, metavar="NAME[:fp32|fp16|int8]",
               help="Backend to measure, repeatable [onnxruntime:fp32, onnxruntime:fp16, tensorrt, "
-                   "torch:fp32]. torch is the reference for agreement.")
+                   "torch:fp32]. torch:fp32 is the reference for agreement.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Shorthand: measure onnxruntime at this precision against the torch reference "
+                   "(same as --backend onnxruntime:PRECISION --backend torch:fp32).")
 @click.option("--batch", "batch_text", default="1,8", show_default=True,
               help="Batch sizes to sweep, comma-separated.")
+@click.option("--threads", "threads_text", metavar="N[,N...]",
+              help="Thread counts to sweep, comma-separated; every library's pools are set to each "
+                   "(ONNX Runtime intra-op, torch, OpenCV, BLAS, decode workers) [the CPUs available].")
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of images (MOS labels from its manifest.csv when present).")
 @click.option("--builtin", is_flag=True, help="Use the built-in dataset (built first if absent).")
@@ -238,13 +247,24 @@ def _batches(text: str, what: str = "batch sizes") -> list[int]:
               help="Images to use, spread evenly over the folder.")
 @click.option("--warmup", default=3, show_default=True, type=click.IntRange(min=0))
 @click.option("--iterations", default=20, show_default=True, type=click.IntRange(min=1),
-              help="Timed model-only batches per backend and batch size.")
+              help="Timed model-only batches per backend, thread count and batch size, spread "
+                   "over the rounds.")
+@click.option("--rounds", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Interleaved rounds (A, B, A, B, ...); rows give the median and spread over them.")
+@click.option("--e2e-rounds", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Interleaved end-to-end passes over the image files per backend.")
+@click.option("--ceiling/--no-ceiling", default=True, show_default=True,
+              help="Time the best FP32 GEMM (ONNX Runtime, NumPy) in the same rounds: each CPU row's "
+                   "fraction of it.")
+@click.option("--counts", "counts_text", metavar="N[,N...]",
+              help="Also score one stream of this many images (the files over and over) with the "
+                   "first backend, first batch and first thread count, and report time and memory "
+                   "per image at each count (e.g. 100,1000,10000).")
 @click.option("--checkpoint", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Checkpoint the model was exported from: enables the torch reference.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="onnxruntime/torch device [cpu].")
-@click.option("--threads", type=click.IntRange(min=1),
-              help="Inference threads for onnxruntime and torch alike (compare at equal threads).")
-@click.option("--workers", type=click.IntRange(min=1), help="Decode threads end to end [min(4, CPUs)].")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Decode threads end to end [the row's thread count].")
 @click.option("--preprocess", default="auto", show_default=True, type=click.Choice(PREPROCESS_CHOICES),
               help="Where the end-to-end crops are made (cpu, gpu, or auto: GPU when the backend runs "
                    "on one); the table's preprocess column says which each row used.")
@@ -256,21 +276,25 @@ def _batches(text: str, what: str = "batch sizes") -> list[int]:
 @click.option("--min-images-per-s", type=float, help="Budget: fail below this model-only throughput.")
 @click.option("--min-srcc", type=float, help="Budget: fail when SRCC vs PyTorch is below it.")
 @click.option("--min-srcc-mos", type=float, help="Budget: fail when SRCC vs MOS is below it.")
-def bench_command(model_dir, server, concurrency_text, time_limit, backends, batch_text, images, builtin,
-                  builtin_dir, limit, warmup, iterations, checkpoint, device, threads, workers, preprocess,
-                  json_path, plot_path, max_p99_ms, min_images_per_s, min_srcc, min_srcc_mos) -> None:
-    """Benchmark backends: latency percentiles, images/s model-only and end to end, memory,
-    and agreement with PyTorch (SRCC, PLCC, max abs difference) and with MOS.
+def bench_command(model_dir, server, concurrency_text, time_limit, backends, precision, batch_text,
+                  threads_text, images, builtin, builtin_dir, limit, warmup, iterations, rounds, e2e_rounds,
+                  ceiling, counts_text, checkpoint, device, workers, preprocess, json_path, plot_path, max_p99_ms,
+                  min_images_per_s, min_srcc, min_srcc_mos) -> None:
+    """Benchmark backends: images/s model-only and end to end in interleaved rounds (median
+    and spread), each CPU row's fraction of the machine's GEMM ceiling, latency percentiles,
+    memory, and agreement with PyTorch (SRCC, PLCC, max abs difference) and with MOS.
 
     With --server: latency p50/p90/p99 and images/s of a server under concurrent clients
     (--iterations requests each, at most --time-limit seconds per row).
 
     Prints one table. Exit code: 0 every budget met, 1 a budget missed, 2 nothing could run.
     """
-    from pmtiqa_deploy import bench, report
+    from pmtiqa_deploy import bench, footprint, report
     from pmtiqa_deploy.progress import progress_write
 
-    batches = _batches(batch_text)
+    batches = _batches(batch_text, "batch sizes")
+    threads = _batches(threads_text, "thread counts") if threads_text else None
+    counts = _batches(counts_text, "image counts") if counts_text else []
     if bool(images) == bool(builtin):
         raise click.UsageError("give exactly one of --images DIR and --builtin")
     if builtin_dir and not builtin:
@@ -294,6 +318,10 @@ def bench_command(model_dir, server, concurrency_text, time_limit, backends, bat
         raise click.UsageError("give --model DIR (or --server URL)")
     if _given(_BENCH_SERVER):
         raise click.UsageError(f"{', '.join(_given(_BENCH_SERVER))} go(es) with --server URL")
+    if precision and backends:
+        raise click.UsageError("give --precision or --backend, not both")
+    if precision:
+        backends = (f"onnxruntime:{precision}", "torch:fp32")
     try:
         choices = [bench.BackendChoice.parse(b) for b in backends or bench.DEFAULT_BACKENDS]
     except ValueError as exc:
@@ -305,20 +333,28 @@ def bench_command(model_dir, server, concurrency_text, time_limit, backends, bat
     if not model_dir.is_dir():
         _fail(f"model directory {model_dir} does not exist: export one with "
               "`pmtiqa-export CHECKPOINT -o DIR` and pass --model DIR")
+    points: list = []
     try:
         chosen = (bench.builtin_images(builtin_dir, limit) if builtin
                   else bench.images_from_folder(images, limit))
-        result = bench.run_benchmark(model_dir, chosen, backends=choices, batches=batches,
-                                     warmup=warmup, iterations=iterations, checkpoint=checkpoint,
-                                     device=device, threads=threads, workers=workers, preprocess=preprocess,
-                                     log=progress_write, show_progress=True)
+        result = bench.run_benchmark(model_dir, chosen, backends=choices, batches=batches, threads=threads,
+                                     warmup=warmup, iterations=iterations, rounds=rounds,
+                                     e2e_rounds=e2e_rounds, checkpoint=checkpoint, device=device,
+                                     workers=workers, preprocess=preprocess, measure_ceiling=ceiling, log=progress_write,
+                                     show_progress=True)
+        if counts:
+            points = _count_sweep(bench, footprint, model_dir, chosen, choices[0], batches[0],
+                                  threads[0] if threads else bench.available_cpus(), workers, device,
+                                  checkpoint, counts, progress_write)
     except (PmtIqaError, ValueError) as exc:
         _fail(str(exc))
     except ImportError as exc:
         _fail(f"{exc}; the built-in dataset needs the train extra: pip install 'pmtiqa-deploy[train]'")
     click.echo(report.table(result.rows))
+    if points:
+        click.echo("\n" + report.count_table(points))
     if json_path:
-        report.write_json(result, json_path, options=click.get_current_context().params,
+        report.write_json(result, json_path, points, options=click.get_current_context().params,
                           command=shlex.join([Path(sys.argv[0]).name] + sys.argv[1:]))
     if plot_path:
         report.write_plot(result, plot_path)
@@ -328,3 +364,16 @@ def bench_command(model_dir, server, concurrency_text, time_limit, backends, bat
         click.echo(f"budget failed: {failure}", err=True)
     if failures:
         raise click.exceptions.Exit(1)
+
+
+def _count_sweep(bench, footprint, model_dir, images, choice, batch, threads, workers, device,
+                 checkpoint, counts, log) -> list:
+    """`--counts`: one stream of images through the first backend (pmtiqa_deploy.footprint)."""
+    from pmtiqa_deploy.score import Scorer
+
+    bench.set_threads(threads)
+    options = bench.backend_options(choice, threads, device, checkpoint)
+    options.pop("timing", None)
+    log(f"image-count sweep: {choice.label()}, batch {batch}, {threads} threads, up to {max(counts)} images")
+    with Scorer.open(model_dir, choice.name, batch_size=batch, workers=workers or threads, **options) as scorer:
+        return footprint.count_sweep(scorer, images.paths, counts, log)
