@@ -15,9 +15,10 @@ Two flavours from one recipe (`Flavour`):
   symmetric per output channel. ONNX Runtime's CPU kernels run u8 x s8 products (VNNI's
   vpdpbusd where the CPU has it); int8 activations (quantize_static's default since 1.32)
   leave many convolutions in FP32 kernels and ran 0.9-1.2x FP32.
-- "tensorrt": int8 activations and weights, both symmetric (zero point 0), which is all
-  TensorRT's explicit quantization accepts. It is the TensorRT INT8 engine's input
-  (`export/tensorrt_int8.py`), written only where an engine is built.
+- "tensorrt": int8 activations and weights, both symmetric (zero point 0), biases left in
+  float (no int32 DequantizeLinear): what TensorRT's explicit quantization accepts. It is
+  the TensorRT INT8 engine's input (`export/tensorrt_int8.py`), written only where an
+  engine is built.
 
 Calibration (MinMax over every activation) runs the FP32 graph on crops of real images
 cut by the reference preprocessing. By default they come from the checkpoint's training
@@ -59,14 +60,15 @@ class Flavour:
     name: str
     activations: str  # "uint8" or "int8"
     symmetric_activations: bool
+    quantize_bias: bool  # int32 biases (ONNX Runtime's integer kernels) or float ones
 
     def describe(self) -> tuple[str, str]:
         kind = "symmetric" if self.symmetric_activations else "asymmetric"
         return f"{self.activations} per-tensor {kind}", "int8 per-channel symmetric"
 
 
-CPU = Flavour("cpu", "uint8", symmetric_activations=False)
-TENSORRT = Flavour("tensorrt", "int8", symmetric_activations=True)
+CPU = Flavour("cpu", "uint8", symmetric_activations=False, quantize_bias=True)
+TENSORRT = Flavour("tensorrt", "int8", symmetric_activations=True, quantize_bias=False)
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def int8_from_onnx(source: str | os.PathLike, path: str | os.PathLike, spec: Mod
             activation_type=activation, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": flavour.symmetric_activations,
-                           "WeightSymmetric": True})
+                           "WeightSymmetric": True, "QuantizeBias": flavour.quantize_bias})
     except (ValueError, RuntimeError, onnx.checker.ValidationError) as exc:
         raise ExportError(f"ONNX Runtime's static quantization of {source} failed: {exc}") from exc
     quantized = onnx.load(str(path))

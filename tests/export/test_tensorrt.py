@@ -249,8 +249,9 @@ def _repair_stub_line(line: str) -> str:
 
 
 def test_builder_code_type_checks_against_tensorrt_stubs(tmp_path):
-    """mypy on export/tensorrt.py with the TensorRT 10.x stubs: every builder call, enum
-    and argument type the build uses exists with that signature in the 10.x API."""
+    """mypy on export/tensorrt.py and export/tensorrt_int8.py with the TensorRT 10.x stubs:
+    every builder call, enum and argument type the builds use exists with that signature in
+    the 10.x API."""
     if importlib.util.find_spec("mypy") is None:
         pytest.skip("mypy is not installed (dev extra)")
     stubs_pkg = importlib.util.find_spec("tensorrt_stubs")
@@ -282,9 +283,10 @@ def test_builder_code_type_checks_against_tensorrt_stubs(tmp_path):
              "--cache-dir", str(tmp_path / "cache"), *args],
             capture_output=True, text=True, env={"MYPYPATH": str(stubs), "PATH": ""}, timeout=300)
 
-    run = mypy("--no-error-summary", "--show-absolute-path", str(SOURCE))
-    ours = [line for line in run.stdout.splitlines() if line.startswith(str(SOURCE))]
-    assert not ours, "mypy finds errors in export/tensorrt.py:\n" + "\n".join(ours)
+    sources = (SOURCE, SOURCE.with_name("tensorrt_int8.py"))  # the FP16/FP32 and the INT8 builds
+    run = mypy("--no-error-summary", "--show-absolute-path", *map(str, sources))
+    ours = [line for line in run.stdout.splitlines() if line.startswith(tuple(map(str, sources)))]
+    assert not ours, "mypy finds errors in the TensorRT export code:\n" + "\n".join(ours)
     assert "error" not in run.stderr.lower(), run.stderr
     # The check really used the stubs: an unknown flag is caught.
     broken = tmp_path / "broken.py"
