@@ -146,9 +146,6 @@ def builtin_test_images(directory: str | os.PathLike | None = None, limit: int |
     """
     from pmtiqa_deploy.train import builtin, datasets
 
-    if not hasattr(datasets, "load_dataset") or not hasattr(datasets, "content_split"):
-        raise DatasetError("this installation's dataset readers lack load_dataset/content_split; "
-                           "pass --parity-images DIR (a folder of images) instead")
     root = builtin.make_builtin(directory or builtin.default_dir(), progress=progress)
     dataset = datasets.load_dataset("builtin", root)
     wanted = set(references or ())

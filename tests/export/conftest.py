@@ -131,10 +131,5 @@ def exported_uint8(tmp_path_factory, checkpoint, photos):
 
 @pytest.fixture(scope="session")
 def builtin_dir(tmp_path_factory) -> Path:
-    """A folder for the built-in dataset (built by the first test that asks for it); the
-    tests skip until the dataset readers exist."""
-    from pmtiqa_deploy.train import datasets
-
-    if not hasattr(datasets, "load_dataset") or not hasattr(datasets, "content_split"):
-        pytest.skip("the built-in dataset readers (load_dataset/content_split) are not there yet")
+    """A folder for the built-in dataset (built by the first test that asks for it)."""
     return tmp_path_factory.mktemp("builtin") / "builtin"
