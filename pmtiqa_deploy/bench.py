@@ -47,7 +47,7 @@ from pmtiqa_deploy import ceiling
 from pmtiqa_deploy.agreement import agreement
 from pmtiqa_deploy.errors import (
     BackendUnavailable, CheckpointError, DatasetError, DecodeError, PmtIqaError, SpecError)
-from pmtiqa_deploy.footprint import device_used_mb, peak_rss_mb, reset_peak_rss
+from pmtiqa_deploy.footprint import CountPoint, count_sweep, device_used_mb, peak_rss_mb, reset_peak_rss
 from pmtiqa_deploy.inputs import walk_images
 from pmtiqa_deploy.preprocess import decode_image, preprocess
 from pmtiqa_deploy.score import Scorer, open_backend
@@ -308,6 +308,20 @@ def backend_options(choice: BackendChoice, threads: int, device: str | None,
     if choice.name == "tensorrt":
         options["timing"] = True
     return options
+
+
+def run_count_sweep(model_dir: str | os.PathLike, images: BenchImages, choice: BackendChoice, *,
+                    batch: int, threads: int, counts: Sequence[int], workers: int | None = None,
+                    device: str | None = None, checkpoint: str | os.PathLike | None = None,
+                    log: Callable[[str], None] = lambda message: None) -> list[CountPoint]:
+    """Time and memory per image from a hundred images to tens of thousands, through one
+    backend (`pmtiqa_deploy.footprint.count_sweep`), with its pools set to `threads`."""
+    set_threads(threads)
+    options = backend_options(choice, threads, device, checkpoint)
+    options.pop("timing", None)
+    log(f"image-count sweep: {choice.label()}, batch {batch}, {threads} threads, up to {max(counts)} images")
+    with Scorer.open(model_dir, choice.name, batch_size=batch, workers=workers or threads, **options) as scorer:
+        return count_sweep(scorer, images.paths, counts, log)
 
 
 def _open_all(result: BenchResult, choices: list[BackendChoice], model_dir: Any, batches: Sequence[int],

@@ -289,7 +289,7 @@ def bench_command(model_dir, server, concurrency_text, time_limit, backends, pre
 
     Prints one table. Exit code: 0 every budget met, 1 a budget missed, 2 nothing could run.
     """
-    from pmtiqa_deploy import bench, footprint, report
+    from pmtiqa_deploy import bench, report
     from pmtiqa_deploy.progress import progress_write
 
     batches = _batches(batch_text, "batch sizes")
@@ -343,9 +343,10 @@ def bench_command(model_dir, server, concurrency_text, time_limit, backends, pre
                                      workers=workers, preprocess=preprocess, measure_ceiling=ceiling, log=progress_write,
                                      show_progress=True)
         if counts:
-            points = _count_sweep(bench, footprint, model_dir, chosen, choices[0], batches[0],
-                                  threads[0] if threads else bench.available_cpus(), workers, device,
-                                  checkpoint, counts, progress_write)
+            points = bench.run_count_sweep(model_dir, chosen, choices[0], batch=batches[0],
+                                           threads=threads[0] if threads else bench.available_cpus(),
+                                           counts=counts, workers=workers, device=device,
+                                           checkpoint=checkpoint, log=progress_write)
     except (PmtIqaError, ValueError) as exc:
         _fail(str(exc))
     except ImportError as exc:
@@ -364,16 +365,3 @@ def bench_command(model_dir, server, concurrency_text, time_limit, backends, pre
         click.echo(f"budget failed: {failure}", err=True)
     if failures:
         raise click.exceptions.Exit(1)
-
-
-def _count_sweep(bench, footprint, model_dir, images, choice, batch, threads, workers, device,
-                 checkpoint, counts, log) -> list:
-    """`--counts`: one stream of images through the first backend (pmtiqa_deploy.footprint)."""
-    from pmtiqa_deploy.score import Scorer
-
-    bench.set_threads(threads)
-    options = bench.backend_options(choice, threads, device, checkpoint)
-    options.pop("timing", None)
-    log(f"image-count sweep: {choice.label()}, batch {batch}, {threads} threads, up to {max(counts)} images")
-    with Scorer.open(model_dir, choice.name, batch_size=batch, workers=workers or threads, **options) as scorer:
-        return footprint.count_sweep(scorer, images.paths, counts, log)
