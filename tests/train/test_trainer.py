@@ -288,14 +288,14 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, dataset, out):
+def _ddp_worker(rank, world, port, dataset, out, config=TINY):
     import os
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
-        summary = run_experiment(dataset, TINY, out, progress=False)
+        summary = run_experiment(dataset, config, out, progress=False)
         (out / f"rank{rank}.json").write_text(json.dumps(summary["rounds"][0]))
     finally:
         torch.distributed.destroy_process_group()
@@ -316,6 +316,37 @@ def test_two_process_data_parallel_training_on_cpu(tiny, tmp_path):
     _, info = load_checkpoint(out / "checkpoint")
     assert info.training["processes"] == 2 and info.metrics["test"]["count"] > 0
     assert len((out / "round-0" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def _predictions(path):
+    lines = path.read_text().splitlines()[1:]
+    return [line.split(",")[0] for line in lines], np.array([float(line.split(",")[3]) for line in lines])
+
+
+def test_data_parallel_evaluation_and_checkpoint_match_one_process(tiny, tmp_path):
+    """DDP against one process. Training itself cannot match bit for bit (BatchNorm takes
+    statistics per process, over half batches, as plain DDP does), so the weights are held
+    still (a learning rate of 1e-12 moves no float32 weight) and BatchNorm is re-estimated
+    before each evaluation, the same on every process: then everything else a
+    data-parallel run does differently (sharded batches and evaluation, gathering the
+    predictions back into order, choosing and writing the checkpoint) must give exactly the
+    single process's predictions."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("this torch build has no gloo distributed backend")
+    still = TrainConfig(**{**TINY.to_dict(), "lr": 1e-12, "bn_recalibration": 8})
+    out = tmp_path / "ddp"
+    out.mkdir()
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), tiny, out, still), nprocs=2, join=True)
+    torch.set_num_threads(1)
+    run_experiment(tiny, still, tmp_path / "single", progress=False)
+    (ddp_paths, ddp), (one_paths, one) = (_predictions(folder / "round-0" / "test_predictions.csv")
+                                          for folder in (out, tmp_path / "single"))
+    assert ddp_paths == one_paths and len(set(one.round(3))) > 1  # same images, not all alike
+    np.testing.assert_allclose(ddp, one, rtol=0, atol=1e-4)
+    ddp_model, _ = load_checkpoint(out / "checkpoint")
+    one_model, _ = load_checkpoint(tmp_path / "single" / "checkpoint")
+    for (name, a), b in zip(ddp_model.state_dict().items(), one_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
 
 
 @pytest.mark.slow
