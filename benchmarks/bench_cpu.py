@@ -42,6 +42,10 @@ CEILING_TARGET, INT8_TARGET, E2E_TARGET = 0.85, 2.5, 0.9
 BACKENDS = ("onnxruntime:fp32", "onnxruntime:fp16", "onnxruntime:int8", "torch:fp32")
 
 
+def log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def timing_model(backbone: str, images: list[Path], workdir: Path, crop_count: int,
                  builtin_root: Path | None) -> tuple[Path, Path]:
     """(model_dir, checkpoint_dir) of an untrained, calibrated model (module docstring)."""
@@ -81,14 +85,15 @@ def timing_model(backbone: str, images: list[Path], workdir: Path, crop_count: i
             target.symlink_to(path.resolve())
     options = ExportOptions(engine=False, int8=True, allow_drift=True, parity_images=parity,
                             calibration_images=None if builtin_root else parity)
-    export_model(checkpoint, model_dir, options, log=lambda message: print(message, file=sys.stderr))
+    export_model(checkpoint, model_dir, options, log=log)
     return model_dir, checkpoint
 
 
 def _ips(rows: list[bench.BenchRow], backend: str, precision: str, threads: int, batch: int,
          field: str = "images_per_s") -> float | None:
-    row = next((r for r in rows if (r.backend, r.precision, r.threads, r.batch) == (backend, precision, threads, batch)
-                and r.status == "ok"), None)
+    wanted = (backend, precision, threads, batch)
+    row = next((r for r in rows if (r.backend, r.precision, r.threads, r.batch) == wanted and r.status == "ok"),
+               None)
     return None if row is None else getattr(row, field)
 
 
@@ -171,14 +176,15 @@ def main(argv: list[str] | None = None) -> int:
         models[args.model.name] = (args.model, args.checkpoint)
     else:
         for backbone in args.backbones.split(","):
-            models[backbone] = timing_model(backbone, list(images.paths), args.workdir, args.crops, builtin_root)
+            models[backbone] = timing_model(backbone, list(images.paths), args.workdir, args.crops,
+                                            builtin_root)
 
     all_rows, summary, metas = [], [], {}
     for name, (model_dir, checkpoint) in models.items():
         print(f"== {name}", file=sys.stderr)
         result = bench.run_benchmark(model_dir, images, backends=BACKENDS, batches=batches, threads=threads,
                                      warmup=args.warmup, iterations=args.iterations, rounds=args.rounds,
-                                     checkpoint=checkpoint, log=lambda message: print(message, file=sys.stderr))
+                                     checkpoint=checkpoint, log=log)
         for row in result.rows:
             row.file = f"{name}/{row.file}" if row.file else name
         all_rows += result.rows
@@ -193,14 +199,15 @@ def main(argv: list[str] | None = None) -> int:
         model_dir, checkpoint = models[args.count_model]
         points = bench.run_count_sweep(model_dir, images, bench.BackendChoice.parse(args.count_backend),
                                        batch=max(batches), threads=max(threads), counts=counts,
-                                       checkpoint=checkpoint, log=lambda message: print(message, file=sys.stderr))
+                                       checkpoint=checkpoint, log=log)
         print("\n" + report.count_table(points))
 
     first = next(iter(metas.values()))
     lines = verdicts(summary, "avx512_vnni" in first["cpu_flags"] or "avx_vnni" in first["cpu_flags"])
     print("\n" + "\n".join(f"- {line}" for line in lines))
     for entry in summary:
-        print("  " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items()))
+        print("  " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                               for k, v in entry.items()))
     merged = bench.BenchResult(all_rows, images=images, meta={**first, "models": metas})
     report.write_json(merged, args.json, points, command=shlex.join([sys.executable, *sys.argv]),
                       summary=summary, verdicts=lines, load_average_before=list(load_before),

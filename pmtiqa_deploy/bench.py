@@ -329,7 +329,8 @@ def _open_all(result: BenchResult, choices: list[BackendChoice], model_dir: Any,
     opened = []
     for choice in choices:
         try:
-            backend = open_backend(choice.name, model_dir, **backend_options(choice, threads, device, checkpoint))
+            options = backend_options(choice, threads, device, checkpoint)
+            backend = open_backend(choice.name, model_dir, **options)
         except (BackendUnavailable, SpecError, CheckpointError, ValueError) as exc:
             result.rows.extend(BenchRow(choice.name, choice.precision or "-", batch, threads,
                                         status=f"unavailable: {exc}") for batch in batches)
@@ -390,7 +391,8 @@ def _measure_group(result: BenchResult, opened: list[_Open], batch: int, threads
             f"  {row.backend} {row.precision}: {row.images_per_s:.1f} images/s "
             f"({row.images_per_s_min:.1f}..{row.images_per_s_max:.1f}), end to end "
             f"{row.end_to_end_images_per_s or 0:.1f}"
-            + (f", {row.ceiling_fraction:.2f} of the {best:.0f} GFLOP/s ceiling" if row.ceiling_fraction else ""))
+            + (f", {row.ceiling_fraction:.2f} of the {best:.0f} GFLOP/s ceiling"
+               if row.ceiling_fraction and best else ""))
 
 
 def _guarded(entry: _Open, work: Callable[[], Any]) -> bool:

@@ -42,8 +42,8 @@ def _cells(r: BenchRow, status: str) -> tuple[str, ...]:
     size = "-" if r.file_bytes is None else f"{r.file_bytes / 2**20:.1f} MiB"
     srcc = "reference" if r.reference and r.status == "ok" else _fmt(r.srcc_vs_torch, 4)
     return (r.backend, r.precision, _fmt(r.threads), str(r.batch), status, r.preprocess or "-",
-            _fmt(r.images_per_s, 1), spread,
-            _fmt(r.crops_per_s, 1), _fmt(r.gflops, 1), _fmt(r.ceiling_fraction), _fmt(r.end_to_end_images_per_s, 1),
+            _fmt(r.images_per_s, 1), spread, _fmt(r.crops_per_s, 1), _fmt(r.gflops, 1),
+            _fmt(r.ceiling_fraction), _fmt(r.end_to_end_images_per_s, 1),
             _fmt(r.end_to_end_ratio), _fmt(r.end_to_end_ceiling_fraction), srcc, _fmt(r.srcc_vs_mos, 4),
             _fmt(r.p50_ms), _fmt(r.p99_ms), size)
 

@@ -50,8 +50,8 @@ def test_int8_graph_is_qdq_with_fp32_heads_and_the_spec_says_so(int8_export):
     quantized = [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
     zero_types = {next(t for t in proto.graph.initializer if t.name == n.input[2]).data_type for n in quantized}
     assert zero_types == {onnx.TensorProto.UINT8}
-    weights = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"
-               and any(t.name == n.input[0] and t.data_type == onnx.TensorProto.INT8 for t in proto.graph.initializer)]
+    int8_constants = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    weights = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8_constants]
     per_channel = [n for n in weights if any(a.name == "axis" for a in n.attribute)
                    or len(next(t for t in proto.graph.initializer if t.name == n.input[1]).dims) == 1]
     assert weights and len(per_channel) == len(weights)

@@ -97,7 +97,8 @@ def test_every_artifact_kind_has_the_tolerance_its_docstring_documents():
     documented = {}
     for line in parity.__doc__.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        found = re.fullmatch(r"(ONNX|TensorRT engine) \(?(FP32|FP16|INT8)\)?.*", cells[0]) if len(cells) == 3 else None
+        pattern = r"(ONNX|TensorRT engine) \(?(FP32|FP16|INT8)\)?.*"
+        found = re.fullmatch(pattern, cells[0]) if len(cells) == 3 else None
         if found:
             backend = "onnxruntime" if found.group(1) == "ONNX" else "tensorrt"
             documented[f"{backend}-{found.group(2).lower()}"] = (
