@@ -261,9 +261,34 @@ OutputSpec parse_output(const json& data, const std::string& where) {
     return o;
 }
 
+std::vector<std::string> string_list(const json* v, const std::string& where) {
+    std::vector<std::string> out;
+    if (!v) return out;
+    if (!v->is_array()) spec_error(where + ": expected a list, got " + type_name(*v));
+    for (size_t i = 0; i < v->size(); ++i)
+        out.push_back(Fields::as_string((*v)[i], where + "[" + std::to_string(i) + "]"));
+    return out;
+}
+
+Quantization parse_quantization(const json& data, const std::string& where) {
+    Fields f(data, where, {"method", "activations", "weights", "calibration", "calibration_images",
+                           "quantized_convolutions", "convolutions", "fp32_nodes", "fp32_op_types"});
+    Quantization q;
+    f.string("method", q.method);
+    f.string("activations", q.activations);
+    f.string("weights", q.weights);
+    f.string("calibration", q.calibration);
+    f.integer("calibration_images", q.calibration_images);
+    f.integer("quantized_convolutions", q.quantized_convolutions);
+    f.integer("convolutions", q.convolutions);
+    q.fp32_nodes = string_list(f.get("fp32_nodes"), f.at("fp32_nodes"));
+    q.fp32_op_types = string_list(f.get("fp32_op_types"), f.at("fp32_op_types"));
+    return q;
+}
+
 Artifact parse_artifact(const json& data, const std::string& where) {
     Fields f(data, where, {"file", "format", "precision", "sha256", "opset", "tensorrt_version",
-                           "compute_capability", "version_compatible"});
+                           "compute_capability", "version_compatible", "quantization"});
     Artifact a;
     f.string("file", a.file);
     f.string("format", a.format);
@@ -275,8 +300,15 @@ Artifact parse_artifact(const json& data, const std::string& where) {
     f.optional_boolean("version_compatible", a.version_compatible);
     if (!one_of(a.format, {"onnx", "tensorrt"}))
         spec_error(where + ": artifact format must be 'onnx' or 'tensorrt', got " + repr(a.format));
-    if (!one_of(a.precision, {"fp32", "fp16"}))
-        spec_error(where + ": artifact precision must be 'fp32' or 'fp16', got " + repr(a.precision));
+    if (!one_of(a.precision, {"fp32", "fp16", "int8"}))
+        spec_error(where + ": artifact precision must be one of ('fp32', 'fp16', 'int8'), got " +
+                   repr(a.precision));
+    // INT8 artifacts (pmtiqa-export --int8) say how they were quantized; this library runs
+    // the FP32/FP16 ones, but reads the entry as strictly as spec.py does.
+    const json* q = f.get("quantization");
+    if (q && !q->is_null()) a.quantization = parse_quantization(*q, f.at("quantization"));
+    if ((a.precision == "int8") != a.quantization.has_value())
+        spec_error(where + ": an artifact records its quantization exactly when its precision is int8");
     return a;
 }
 

@@ -58,11 +58,19 @@ struct OutputSpec {
     std::string meaning;
 };
 
+// How an INT8 artifact was made (pmtiqa-export --int8); read and checked, never used to run.
+struct Quantization {
+    std::string method, activations, weights, calibration;
+    int64_t calibration_images = 0, quantized_convolutions = 0, convolutions = 0;
+    std::vector<std::string> fp32_nodes, fp32_op_types;
+};
+
 struct Artifact {
     std::string file, format, precision, sha256;
     std::optional<int64_t> opset;
     std::optional<std::string> tensorrt_version, compute_capability;
     std::optional<bool> version_compatible;
+    std::optional<Quantization> quantization;  // exactly for precision "int8"
 };
 
 struct ModelSpec {

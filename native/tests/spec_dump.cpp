@@ -16,6 +16,14 @@ json nullable(const std::optional<T>& value) {
     return value ? json(*value) : json(nullptr);
 }
 
+json quantization(const std::optional<Quantization>& q) {
+    if (!q) return nullptr;
+    return {{"method", q->method}, {"activations", q->activations}, {"weights", q->weights},
+            {"calibration", q->calibration}, {"calibration_images", q->calibration_images},
+            {"quantized_convolutions", q->quantized_convolutions}, {"convolutions", q->convolutions},
+            {"fp32_nodes", q->fp32_nodes}, {"fp32_op_types", q->fp32_op_types}};
+}
+
 json dump(const ModelSpec& spec) {
     const ScoreSpec& s = spec.score;
     const PreprocessSpec& p = spec.preprocess;
@@ -28,7 +36,8 @@ json dump(const ModelSpec& spec) {
                              {"sha256", a.sha256}, {"opset", nullable(a.opset)},
                              {"tensorrt_version", nullable(a.tensorrt_version)},
                              {"compute_capability", nullable(a.compute_capability)},
-                             {"version_compatible", nullable(a.version_compatible)}});
+                             {"version_compatible", nullable(a.version_compatible)},
+                             {"quantization", quantization(a.quantization)}});
     return {
         {"score", {{"min", s.min}, {"max", s.max}, {"units", s.units}, {"higher_is_better", s.higher_is_better},
                    {"num_levels", s.num_levels}, {"level_width", s.level_width}, {"dataset", s.dataset}}},

@@ -218,7 +218,7 @@ def test_an_optional_key_left_out_loads_as_its_listed_default(key):
     found = [loaded] if not parent else (
         loaded[parent.removesuffix("[]")] if parent.endswith("[]") else [loaded[parent]])
     assert all(holder[name] == default for holder in found)
-    kind = {"score": ScoreSpec, "outputs[]": OutputSpec, "": ModelSpec}[parent]
+    kind = {"score": ScoreSpec, "outputs[]": OutputSpec, "artifacts[]": Artifact, "": ModelSpec}[parent]
     field = next(f for f in dataclasses.fields(kind) if f.name == name)
     built = field.default if field.default is not dataclasses.MISSING else field.default_factory()
     assert built == default
