@@ -21,8 +21,9 @@ and crops/s (median over rounds, with min and max), the host-to-device / compute
 device-to-host split where the backend measures it (TensorRT with timing=True); end to end
 (`Scorer.score_files` over the image files: decode, preprocess (on the CPU or, with
 `preprocess` "gpu"/"auto", the CUDA kernel; the row says which), batching, inference,
-overlapped): images/s (median over passes) and its ratio to model-only; peak host RSS
-(reset before the row where /proc allows it) and device memory on a GPU; agreement
+overlapped): images/s (median over passes) and its ratio to model-only; peak host RSS of
+the row's group (every backend of one thread count and batch size is open at once; reset
+before the group where /proc allows it) and device memory on a GPU; agreement
 (pmtiqa_deploy.agreement) with the torch fp32 backend's scores (the reference, whose own
 rows say so instead of agreeing with themselves) and with MOS labels (a manifest.csv).
 A backend that cannot be opened here gets rows whose status is "unavailable: <reason>".
@@ -118,7 +119,7 @@ class BenchRow:
     compute_ms: float | None = None
     d2h_ms: float | None = None
     peak_rss_mb: float | None = None
-    rss_scope: str | None = None  # "row": reset before this row; "process": since start
+    rss_scope: str | None = None  # "group": reset before this thread count and batch; "process"
     device_mem_mb: float | None = None
     end_to_end_images_per_s: float | None = None  # median over passes
     end_to_end_ratio: float | None = None
