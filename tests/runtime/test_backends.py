@@ -241,7 +241,9 @@ def test_onnxruntime_checks_the_graph_against_the_spec(tmp_path):
 def test_onnxruntime_options_are_validated(tmp_path):
     _model_dir(tmp_path)
     with pytest.raises(ValueError, match="precision"):
-        backend_class("onnxruntime")(tmp_path, precision="int8")
+        backend_class("onnxruntime")(tmp_path, precision="bf16")
+    with pytest.raises(SpecError, match="no onnx int8 artifact.*pmtiqa-export"):
+        backend_class("onnxruntime")(tmp_path, precision="int8")  # exported without --int8
     with pytest.raises(ValueError, match="threads"):
         backend_class("onnxruntime")(tmp_path, threads=0)
     import onnxruntime
