@@ -232,3 +232,20 @@ def test_save_into_a_missing_folder_is_refused(tmp_path):
         spec.save(tmp_path / "models")
     assert list(tmp_path.iterdir()) == []
     assert spec.save(tmp_path / "spec.json") == tmp_path / "spec.json"
+def test_int8_artifacts_carry_their_quantization(tmp_path):
+    from pmtiqa_deploy.spec import Quantization
+
+    quantization = Quantization(
+        method="onnxruntime quantize_static, QDQ, MinMax calibration", activations="uint8 per-tensor asymmetric",
+        weights="int8 per-channel symmetric", calibration="50 training images", calibration_images=50,
+        quantized_convolutions=23, convolutions=23, fp32_nodes=("/heads/Gemm",), fp32_op_types=("Gemm",))
+    int8 = Artifact("model.int8.onnx", "onnx", "int8", "ab" * 32, opset=17, quantization=quantization)
+    spec = ModelSpec(score=ScoreSpec.from_levels(0, 100, 10), artifacts=(int8,))
+    spec.save(tmp_path)
+    assert ModelSpec.load(tmp_path).artifact("onnx", "int8").quantization == quantization
+    with pytest.raises(SpecError, match="exactly when its precision is int8"):
+        Artifact("model.int8.onnx", "onnx", "int8", "ab" * 32)
+    with pytest.raises(SpecError, match="exactly when its precision is int8"):
+        Artifact("model.onnx", "onnx", "fp32", "ab" * 32, quantization=quantization)
+    with pytest.raises(SpecError, match="precision must be one of"):
+        Artifact("model.onnx", "onnx", "int4", "ab" * 32)
