@@ -357,9 +357,14 @@ def _measure_group(result: BenchResult, opened: list[_Open], batch: int, threads
                              file=path and Path(path).name, file_bytes=path and Path(path).stat().st_size,
                              rounds=rounds, gflop_per_crop=None if flops is None else flops / 1e9)
         entry.latencies, entry.round_ips, entry.e2e_ips, entry.splits = [], [], [], []
-        entry.scorer = Scorer(entry.backend, batch_size=batch, workers=workers, preprocess=preprocess)
-        entry.row.preprocess = entry.scorer.stage.name
-        if _guarded(entry, lambda e=entry: [e.scorer.infer(x) for _ in range(warmup)]):
+        entry.scorer = None
+
+        def start(e: _Open = entry) -> None:  # GPU preprocessing may be refused for this backend
+            e.scorer = Scorer(e.backend, batch_size=batch, workers=workers, preprocess=preprocess)
+            e.row.preprocess = e.scorer.stage.name
+            for _ in range(warmup):
+                e.scorer.infer(x)
+        if _guarded(entry, start):
             live.append(entry)
     scoped = reset_peak_rss()
     gemm: dict[str, list[float]] = {probe.name: [] for probe in probes}
@@ -381,7 +386,8 @@ def _measure_group(result: BenchResult, opened: list[_Open], batch: int, threads
     used = device_used_mb() if baseline is not None else None
     for entry in opened:
         row = entry.row
-        entry.scorer.close()
+        if entry.scorer is not None:
+            entry.scorer.close()
         if row.status == "ok":
             _summarise(entry, scoped, best, flops)
             result.latencies_ms[_key(row)] = entry.latencies
